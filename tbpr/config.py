@@ -1,0 +1,151 @@
+"""Configs are data: nested dataclasses, YAML presets, dotted overrides, a stable hash.
+
+Every model config holds the paper's numbers as its defaults (the ``paper`` profile); the YAML file
+``tbpr/configs/<model>.yaml`` lists what the CPU profiles (``quick``, ``smoke``) shrink and, under
+``ablations``, every ablation row of the paper as an override.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+PROFILES = ("paper", "quick", "smoke")
+
+
+@dataclass
+class DataConfig:
+    """How images and captions are fed (shared by every model)."""
+    image_size: tuple[int, int] = (384, 128)  # H, W
+    batch_size: int = 64
+    sampler: str = "random"  # "random" over captions, or "pk" (P identities x K instances)
+    num_instances: int = 4  # K of the P×K sampler
+    flip: bool = True
+    pad_crop: int = 10  # 0 disables pad-and-crop
+    random_erasing: float = 0.0  # probability
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    n_views: int = 1  # independently augmented views per training image (IVT MLA uses 3)
+    num_workers: int = 0
+    max_caption_len: int = 100
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation recipe, read by ``tbpr.engine``."""
+    epochs: int = 60
+    optimizer: str = "adam"  # adam | adamw | sgd
+    lr: float = 1e-3
+    weight_decay: float = 4e-5
+    momentum: float = 0.9
+    betas: tuple[float, float] = (0.9, 0.999)
+    lr_mult: dict[str, float] = field(default_factory=dict)  # parameter-name prefix -> lr multiplier
+    schedule: str = "multistep"  # multistep | cosine | constant
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    warmup_factor: float = 0.1
+    min_lr: float = 0.0
+    step_per: str = "epoch"  # epoch | step: when the scheduler advances
+    grad_clip: float = 0.0  # max global grad norm; 0 disables
+    amp: str = "none"  # none | bf16 | fp16 (GPU only; ignored on CPU)
+    eval_every: int = 0  # epochs; 0 = only at the end
+    log_every: int = 10  # steps
+
+
+@dataclass
+class ModelConfig:
+    """Base of every paper config: ``train`` and ``data`` sections plus the model's own fields."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+
+def to_dict(cfg) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=list))
+
+
+def from_dict(cls, d: dict):
+    """Build dataclass ``cls`` from a (possibly partial) dict; unknown keys are an error."""
+    return apply_overrides(cls(), d)
+
+
+def _coerce(old, new):
+    if isinstance(old, tuple) and isinstance(new, (list, tuple)):
+        return tuple(new)
+    if isinstance(old, float) and isinstance(new, int) and not isinstance(new, bool):
+        return float(new)
+    return new
+
+
+def apply_overrides(cfg, overrides: dict | None):
+    """Return a copy of ``cfg`` with ``overrides`` applied.
+
+    Keys may be nested dicts (``{"train": {"lr": 1e-4}}``) or dotted (``{"train.lr": 1e-4}``).
+    """
+    if not overrides:
+        return dataclasses.replace(cfg)
+    nested: dict[str, Any] = {}
+    for key, value in overrides.items():
+        head, _, rest = key.partition(".")
+        if rest:
+            nested.setdefault(head, {})[rest] = value
+        elif isinstance(value, dict) and dataclasses.is_dataclass(getattr(cfg, head, None)):
+            nested.setdefault(head, {}).update(value)
+        else:
+            nested[head] = value
+    names = {f.name for f in dataclasses.fields(cfg)}
+    changes = {}
+    for key, value in nested.items():
+        if key not in names:
+            raise KeyError(
+                f"{type(cfg).__name__} has no field {key!r}; valid fields: {sorted(names)}")
+        old = getattr(cfg, key)
+        if dataclasses.is_dataclass(old) and isinstance(value, dict):
+            changes[key] = apply_overrides(old, value)
+        else:
+            changes[key] = _coerce(old, value)
+    return dataclasses.replace(cfg, **changes)
+
+
+def load_presets(model_name: str) -> dict:
+    path = CONFIG_DIR / f"{model_name}.yaml"
+    if not path.exists():
+        return {}
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def preset(cls, model_name: str, profile: str):
+    """The ``profile`` preset of ``cls``: paper defaults, then the YAML profile overrides."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {PROFILES}")
+    cfg = cls()
+    if profile != "paper":
+        cfg = apply_overrides(cfg, load_presets(model_name).get(profile, {}))
+    return cfg
+
+
+def ablation_rows(model_name: str, table: str) -> dict[str, dict]:
+    """Ablation rows of ``table`` as ``{row label: overrides}`` from the model's YAML file."""
+    tables = load_presets(model_name).get("ablations", {})
+    if table not in tables:
+        raise KeyError(f"{model_name}: no ablation table {table!r}; have {sorted(tables)}")
+    return tables[table]
+
+
+def config_hash(obj) -> str:
+    blob = json.dumps(obj if isinstance(obj, dict) else to_dict(obj), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def save_config(cfg, path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def load_config(cls, path):
+    return from_dict(cls, yaml.safe_load(Path(path).read_text()))
