@@ -1,0 +1,129 @@
+"""The ``tbpr`` command line: synth, train, eval, bench, reproduce, params."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import yaml
+
+from .config import PROFILES
+
+
+def _overrides(pairs: list[str]) -> dict:
+    """``--set train.lr=1e-4 use_mvnln=false`` -> ``{"train.lr": 1e-4, "use_mvnln": False}``."""
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects key=value, got {pair!r}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def cmd_synth(args) -> None:
+    from .data.synthetic import main
+    main(args.rest)
+
+
+def cmd_train(args) -> None:
+    from .experiments import run
+    result = run(args.model, args.profile, _overrides(args.set), dataset=args.dataset,
+                 data_root=args.data_root, seed=args.seed, device=args.device,
+                 rerank_k=args.rerank_k, cache=not args.no_cache)
+    print(json.dumps({"run_dir": result.run_dir, "train_seconds": round(result.train_seconds, 1),
+                      **result.metrics}, indent=1))
+
+
+def cmd_eval(args) -> None:
+    from .engine import load_checkpoint
+    from .evaluate import evaluate
+    from .experiments import build_model, load_records, resolve_data_root
+    from .models import get_config
+    cfg = get_config(args.model, args.profile, _overrides(args.set))
+    records = load_records(args.dataset, resolve_data_root(args.dataset, args.data_root, args.profile))
+    model = build_model(args.model, cfg, records["train"])
+    load_checkpoint(model, args.checkpoint)
+    metrics = evaluate(model.to(args.device), records[args.split], model.cfg.data,
+                       device=args.device, rerank_k=args.rerank_k)
+    print(json.dumps(metrics, indent=1))
+
+
+def cmd_bench(args) -> None:
+    from .bench import main
+    main(args.rest)
+
+
+def cmd_reproduce(args) -> None:
+    from .reproduce import run_notebooks
+    run_notebooks(args.profile, only=args.only, device=args.device)
+
+
+def cmd_params(args) -> None:
+    from .models import count_parameters, create_model, parameter_table
+    model = create_model(args.model, args.profile, device="meta", **_overrides(args.set))
+    for name, n in parameter_table(model).items():
+        print(f"{name:40s} {n:>14,}")
+    print(f"{'total':40s} {count_parameters(model):>14,}")
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="mia | ssan | lgur | ivt | cada")
+    p.add_argument("--profile", default="quick", choices=PROFILES)
+    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="config overrides (dotted keys)")
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="synthpedes",
+                   choices=["synthpedes", "cuhk-pedes", "icfg-pedes", "rstpreid"])
+    p.add_argument("--data-root", default=None, help="dataset folder (default: rendered SynthPedes)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--rerank-k", type=int, default=0, help="re-rank each query's top-k (CADA, MIA)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tbpr", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("synth", help="render SynthPedes (tbpr synth --profile quick --out DIR)",
+                       add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("train", help="train + evaluate one configuration (cached)")
+    _model_args(p)
+    _data_args(p)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-cache", action="store_true", help="retrain even if a cached result exists")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint on a split")
+    _model_args(p)
+    _data_args(p)
+    p.add_argument("--checkpoint", required=True, help="model.safetensors written by training")
+    p.add_argument("--split", default="test", choices=["val", "test"])
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("bench", help="benchmarks: tbpr bench eval | <model> | all", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("reproduce", help="execute the notebooks with papermill at a profile")
+    p.add_argument("--profile", default="quick", choices=PROFILES)
+    p.add_argument("--only", nargs="*", help="notebook name prefixes, e.g. 00 02_ssan")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("params", help="parameter table of a model (built on the meta device)")
+    _model_args(p)
+    p.set_defaults(func=cmd_params)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,180 @@
+"""``run(model, profile, overrides)`` trains and evaluates one configuration and returns a ``Result``;
+results are cached on disk by a hash of the full configuration and the code version, so notebooks
+re-execute cheaply and a batch reproduction resumes where it stopped.
+
+    >>> from tbpr import experiments
+    >>> r = experiments.run("ssan", "smoke", {"use_mvnln": False}, seed=1)
+    >>> r.metrics["R1"], r.train_seconds
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .config import config_hash, to_dict
+from .models import _lookup, create_model, get_config
+
+PACKAGE_DIR = Path(__file__).parent
+DATA_PROFILE = {"smoke": "smoke", "quick": "quick", "paper": "large"}
+
+
+def cache_dir() -> Path:
+    """Root of everything tbpr caches (rendered data, experiment results): ``$TBPR_CACHE``."""
+    return Path(os.environ.get("TBPR_CACHE", Path.home() / ".cache" / "tbpr"))
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """Hash of the library's source: a result computed by other code is never reused."""
+    digest = hashlib.sha256()
+    for path in sorted(PACKAGE_DIR.rglob("*")):
+        if path.suffix in {".py", ".yaml", ".json"} and "__pycache__" not in path.parts:
+            digest.update(path.relative_to(PACKAGE_DIR).as_posix().encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def default_seeds(profile: str) -> list[int]:
+    """Seeds a notebook averages over: one at smoke, three otherwise."""
+    return [0] if profile == "smoke" else [0, 1, 2]
+
+
+@dataclass
+class Result:
+    key: str
+    spec: dict
+    metrics: dict
+    history: list[dict]
+    train_seconds: float
+    eval_seconds: float
+    run_dir: str
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def config(self) -> dict:
+        return self.spec["config"]
+
+    def load_model(self, device: str = "cpu"):
+        """The trained model of this run, rebuilt from its config and checkpoint."""
+        from .engine import load_checkpoint
+        spec = self.spec
+        records = load_records(spec["dataset"], spec["data_root"])
+        model = build_model(spec["model"], get_config(spec["model"], "paper", spec["config"]),
+                            records["train"])
+        load_checkpoint(model, Path(self.run_dir) / "model.safetensors")
+        return model.to(device).eval()
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=1, default=str))
+
+    @classmethod
+    def read(cls, path: Path) -> "Result":
+        return cls(**json.loads(path.read_text()))
+
+
+def resolve_data_root(dataset: str, data_root, profile: str):
+    if data_root is not None:
+        return Path(data_root)
+    if dataset != "synthpedes":
+        raise ValueError(f"dataset {dataset!r} needs data_root= (the folder holding its JSON and "
+                         "images); only 'synthpedes' is generated locally")
+    from .data.synthetic import ensure
+    return ensure(DATA_PROFILE[profile])
+
+
+@functools.lru_cache(maxsize=8)
+def _records(dataset: str, root: str):
+    from .data.formats import load
+    return load(dataset, root)
+
+
+def load_records(dataset: str, root) -> dict:
+    return _records(dataset, str(root))
+
+
+def build_model(name: str, cfg, train_records):
+    """Build ``name`` for a dataset: ``num_classes`` from its training ids, ``build_for_data`` hook."""
+    model_cls, _ = _lookup(name)
+    if hasattr(cfg, "num_classes"):
+        import dataclasses
+        cfg = dataclasses.replace(cfg, num_classes=len({r.pid for r in train_records}))
+    if hasattr(model_cls, "build_for_data"):
+        return model_cls.build_for_data(cfg, train_records)
+    return create_model(name, config=cfg)
+
+
+def _train(model, records, cfg, run_dir: Path, seed: int, device: str, progress: bool) -> list[dict]:
+    from .data.datasets import build_train_loader
+    from .engine import fit
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    loader = build_train_loader(records["train"], cfg.data, seed=seed, rank=rank, world_size=world)
+    if not hasattr(model, "stages"):
+        return fit(model, loader, cfg.train, out_dir=run_dir, seed=seed, device=device,
+                   progress=progress)
+    history = []
+    for stage, train_cfg in model.stages():
+        model.enter_stage(stage)
+        logs = fit(model, loader, train_cfg, out_dir=run_dir / stage, seed=seed, device=device,
+                   progress=progress)
+        history += [{**log, "stage": stage} for log in logs]
+    shutil.copy(run_dir / stage / "model.safetensors", run_dir / "model.safetensors")
+    return history
+
+
+def run(model: str, profile: str = "quick", overrides: dict | None = None, *,
+        dataset: str = "synthpedes", data_root=None, seed: int = 0, device: str = "cpu",
+        rerank_k: int = 0, cache: bool = True, progress: bool = True) -> Result:
+    """Train ``model`` at ``profile`` (+ ``overrides``) on ``dataset`` and evaluate on its test split."""
+    from .engine import seed_everything
+    from .evaluate import evaluate
+
+    cfg = get_config(model, profile, overrides)
+    root = resolve_data_root(dataset, data_root, profile)
+    spec = {"model": model, "profile": profile, "overrides": overrides or {},
+            "config": to_dict(cfg), "dataset": dataset, "data_root": str(root), "seed": seed,
+            "rerank_k": rerank_k, "device": str(device).split(":")[0], "code": code_version()}
+    key = f"{model}-{profile}-{config_hash(spec)}"
+    run_dir = cache_dir() / "experiments" / key
+    result_path = run_dir / "result.json"
+    if cache and result_path.exists():
+        return Result.read(result_path)
+
+    records = load_records(dataset, root)
+    seed_everything(seed)
+    net = build_model(model, cfg, records["train"]).to(device)
+    start = time.perf_counter()
+    history = _train(net, records, net.cfg, run_dir, seed, device, progress)
+    train_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    metrics = evaluate(net, records["test"], net.cfg.data, device=device, rerank_k=rerank_k,
+                       progress=progress)
+    result = Result(key=key, spec=spec, metrics=metrics, history=history,
+                    train_seconds=train_seconds, eval_seconds=time.perf_counter() - start,
+                    run_dir=str(run_dir))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    result.save(result_path)
+    return result
+
+
+def run_many(model: str, rows: dict[str, dict], seeds=None, profile: str = "quick",
+             **kwargs) -> dict[str, list[Result]]:
+    """Every ablation row × seed: ``{row label: [Result per seed]}`` (cached like ``run``)."""
+    seeds = default_seeds(profile) if seeds is None else list(seeds)
+    jobs = [(label, s) for label in rows for s in seeds]
+    out: dict[str, list[Result]] = {label: [] for label in rows}
+    for label, s in tqdm(jobs, desc=f"{model} runs", disable=not kwargs.get("progress", True)):
+        out[label].append(run(model, profile, rows[label], seed=s, **kwargs))
+    return out
+
+
+def metrics_of(results: dict[str, list[Result]]) -> dict[str, list[dict]]:
+    """``{label: [metrics per seed]}``, the shape ``tbpr.viz.ablation_table`` takes."""
+    return {label: [r.metrics for r in rs] for label, rs in results.items()}

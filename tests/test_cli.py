@@ -1,0 +1,34 @@
+"""The command line lists its subcommands and rejects bad input with a usable message."""
+import subprocess
+import sys
+
+import pytest
+
+from tbpr.cli import _overrides, build_parser
+
+
+def _tbpr(*args):
+    return subprocess.run([sys.executable, "-m", "tbpr.cli", *args], capture_output=True, text=True)
+
+
+def test_help_lists_every_subcommand():
+    out = _tbpr("--help").stdout
+    for name in ("synth", "train", "eval", "bench", "reproduce", "params"):
+        assert name in out
+
+
+def test_unknown_subcommand_names_the_valid_ones():
+    proc = _tbpr("fly")
+    assert proc.returncode == 2 and "invalid choice: 'fly'" in proc.stderr and "train" in proc.stderr
+
+
+def test_unknown_profile_is_rejected():
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "ssan", "--profile", "huge"])
+
+
+def test_set_parses_yaml_values():
+    assert _overrides(["train.lr=1e-4", "use_mvnln=false", "sizes=[1, 2]"]) == {
+        "train.lr": 1e-4, "use_mvnln": False, "sizes": [1, 2]}
+    with pytest.raises(SystemExit, match="key=value"):
+        _overrides(["lr"])
