@@ -1,0 +1,323 @@
+"""Retrieval metrics (R@K, mAP, mINP), chunked scoring and top-k re-ranking.
+
+Protocol (text-to-image, the field's standard): every test caption is a query, the gallery is every
+test image, and a gallery image is a positive when its person id equals the query's. For one query
+with positives at 1-based ranks r_1 < ... < r_P of the ranked gallery:
+
+- R@K  = 1 if r_1 <= K                         (averaged over queries, in percent)
+- AP   = (1/P) * sum_i i / r_i                 (non-interpolated, over the whole gallery)
+- INP  = P / r_P                               (inverse negative penalty; mINP = mean INP)
+- AP_trapz = (1/P) * sum_i ((i-1)/(r_i-1) + i/r_i) / 2, with (i-1)/(r_i-1) := 1 when r_i = 1
+  (the Market-1501 style AP of the official IVT / SSAN / LGUR code; reported as ``mAP_trapz``)
+
+Ties: the gallery is sorted by a stable descending sort, so among equal scores the lower gallery
+index ranks first. Re-ranked top-k lists use the same rule (equal re-rank scores keep the
+first-stage order).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+Similarity = torch.Tensor | np.ndarray | Callable[[slice], torch.Tensor | np.ndarray]
+Rerank = Callable[[torch.Tensor, torch.Tensor], torch.Tensor | np.ndarray]
+
+
+# --------------------------------------------------------------------------- input checks
+def _id_tensors(query_pids, gallery_pids) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both id arrays as int64 tensors of one shared integer coding (ids may be any hashable dtype)."""
+    arrays = []
+    for name, ids in (("query_pids", query_pids), ("gallery_pids", gallery_pids)):
+        arr = ids.detach().cpu().numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids)
+        if arr.ndim != 1:
+            raise ValueError(f"{name} must be a 1-D array of person ids, got shape {arr.shape}; "
+                             "pass one id per query caption / gallery image (flatten it)")
+        if arr.size == 0:
+            raise ValueError(f"{name} is empty: retrieval needs at least one query and one "
+                             "gallery image (is the split empty?)")
+        arrays.append(arr)
+    _, codes = np.unique(np.concatenate(arrays), return_inverse=True)
+    codes = torch.from_numpy(codes.astype(np.int64))
+    return codes[: len(arrays[0])], codes[len(arrays[0]):]
+
+
+def _as_tensor(x, what: str) -> torch.Tensor:
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{what} must be a torch tensor or numpy array, got {type(x).__name__}")
+    if not (x.is_floating_point() or x.dtype in (torch.int32, torch.int64, torch.int16, torch.uint8)):
+        raise TypeError(f"{what} must hold real numbers, got dtype {x.dtype}")
+    return x
+
+
+def _check_block(block: torch.Tensor, rows: slice, num_gallery: int, what: str) -> None:
+    expected = (rows.stop - rows.start, num_gallery)
+    if tuple(block.shape) != expected:
+        raise ValueError(f"{what} for queries {rows.start}:{rows.stop} has shape {tuple(block.shape)}, "
+                         f"expected {expected} = (queries in the slice, len(gallery_pids)); check that "
+                         "rows are queries and columns gallery items (for image-to-text pass "
+                         "similarity.T with the id arrays swapped, or use i2t_metrics)")
+    if block.is_floating_point() and not torch.isfinite(block).all():
+        bad = (~torch.isfinite(block)).nonzero()[0].tolist()
+        raise ValueError(f"{what} contains NaN or inf (first at query {rows.start + bad[0]}, "
+                         f"gallery {bad[1]}); fix the model's scores (e.g. normalise features with "
+                         "an epsilon, or evaluate in float32 instead of fp16)")
+
+
+# --------------------------------------------------------------------------- ranking
+def _stable_order(scores: torch.Tensor) -> torch.Tensor:
+    """Gallery indices by descending score; ties: the lower index first."""
+    return torch.sort(scores, dim=1, descending=True, stable=True).indices
+
+
+def _rerank_order(order: torch.Tensor, query_idx: torch.Tensor, rerank: Rerank, k: int) -> torch.Tensor:
+    """Re-order each query's first-stage top-``k`` by ``rerank(query_idx, topk_idx)``; the rest
+    follow in first-stage order."""
+    topk = order[:, :k]
+    scores = rerank(query_idx, topk)
+    scores = _as_tensor(scores, "rerank(query_idx, topk_idx) output").to(order.device)
+    rows = slice(int(query_idx[0]), int(query_idx[0]) + len(query_idx))
+    _check_block(scores, rows, k, f"rerank output (expected [queries, rerank_k={k}])")
+    within = torch.sort(scores, dim=1, descending=True, stable=True).indices
+    return torch.cat([topk.gather(1, within), order[:, k:]], dim=1)
+
+
+def _chunk_stats(relevant: torch.Tensor, ks: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    """Per-query sums of every metric from the ranked relevance matrix ``relevant`` [q, G]."""
+    G = relevant.shape[1]
+    rank = torch.arange(1, G + 1, device=relevant.device, dtype=torch.float64)  # 1-based r
+    hits = relevant.cumsum(1, dtype=torch.float64)  # i at each position
+    rel = relevant.to(torch.float64)
+    num_pos = rel[:, -1:].new_tensor(hits[:, -1:])
+    first = relevant.to(torch.uint8).argmax(1)  # 0-based rank of the first positive
+    last = G - 1 - relevant.flip(1).to(torch.uint8).argmax(1)
+    prev_precision = torch.where(rank == 1, 1.0, (hits - 1) / (rank - 1).clamp(min=1))
+    out = {f"R{k}": (first < k).to(torch.float64) for k in ks}
+    out["mAP"] = (rel * hits / rank).sum(1) / num_pos[:, 0]
+    out["mINP"] = num_pos[:, 0] / (last + 1).to(torch.float64)
+    out["mAP_trapz"] = (rel * (prev_precision + hits / rank) / 2).sum(1) / num_pos[:, 0]
+    return out
+
+
+def _hmr1(order: torch.Tensor, relevant: torch.Tensor, source: torch.Tensor,
+          query_positives: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """SSAN's HMR-1: Rank-1 with each query's own source image removed from the gallery; queries
+    whose identity has no other gallery image are left out. Returns (hit per kept query, kept mask)."""
+    top_is_source = order[:, 0] == source
+    top_after_removal = torch.where(top_is_source, relevant[:, 1] if relevant.shape[1] > 1
+                                    else torch.zeros_like(top_is_source), relevant[:, 0])
+    source_is_positive = torch.ones_like(top_is_source)  # the source image has the query's id
+    kept = query_positives - source_is_positive.long() > 0
+    return top_after_removal[kept].to(torch.float64), kept
+
+
+# --------------------------------------------------------------------------- public API
+def retrieval_metrics(similarity: Similarity, query_pids, gallery_pids, *, ks=(1, 5, 10),
+                      rerank: Rerank | None = None, rerank_k: int = 32, chunk_size: int = 1024,
+                      allow_missing: bool = False, source_index=None) -> dict[str, float]:
+    """R@K, mAP and mINP (percent) of ranking ``gallery_pids`` for each of ``query_pids``.
+
+    ``similarity``: a [Q, G] torch tensor / numpy array (higher = closer), or a callable
+    ``f(rows: slice) -> [rows, G]`` that scores a block of queries (so a CUHK-PEDES-sized problem
+    never materialises more than ``chunk_size`` x G scores). Scoring runs on the block's device.
+
+    Ties: stable descending sort, so among equal scores the lower gallery index ranks first.
+
+    Re-ranking (CADA, MIA): with ``rerank`` set, each query's first-stage top-``rerank_k`` gallery
+    indices are re-ordered by ``rerank(query_idx [q], topk_idx [q, k]) -> scores [q, k]`` (one call
+    per chunk, ``query_idx`` global query indices); the rest of the gallery follows in first-stage
+    order.
+
+    Queries whose id has no image in the gallery raise a ValueError; with ``allow_missing=True``
+    they are excluded and counted in ``num_excluded``.
+
+    ``source_index`` (optional, [Q] gallery index of each query's own image) adds SSAN's ``HMR1``:
+    Rank-1 with that image removed, over the ``hmr_num_queries`` queries whose id has another image.
+
+    Image-to-text: ``retrieval_metrics(sim.T, gallery_pids, query_pids)`` (see ``i2t_metrics``).
+
+    Returns ``{"R1", "R5", "R10", "mAP", "mINP", "mAP_trapz", "num_queries", "num_excluded"}``
+    (keys ``R<k>`` follow ``ks``; ``mAP_trapz`` is the trapezoid AP of the papers' official code).
+    """
+    ks = tuple(int(k) for k in ks)
+    if not ks or min(ks) < 1:
+        raise ValueError(f"ks must be positive ranks such as (1, 5, 10), got {ks}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if rerank is not None and rerank_k < 1:
+        raise ValueError(f"rerank_k must be >= 1 when a rerank callback is given, got {rerank_k}")
+    qids, gids = _id_tensors(query_pids, gallery_pids)
+    Q, G = len(qids), len(gids)
+
+    matrix = None
+    if not callable(similarity):
+        matrix = _as_tensor(similarity, "similarity")
+        if matrix.ndim != 2 or tuple(matrix.shape) != (Q, G):
+            raise ValueError(f"similarity has shape {tuple(matrix.shape)} but there are {Q} query ids "
+                             f"and {G} gallery ids: expected ({Q}, {G}) = (queries, gallery); for "
+                             "image-to-text pass similarity.T with the id arrays swapped")
+
+    gallery_count = torch.bincount(gids, minlength=int(max(qids.max(), gids.max())) + 1)
+    query_positives = gallery_count[qids]
+    missing = (query_positives == 0).nonzero()[:, 0]
+    if len(missing) and not allow_missing:
+        shown = missing[:10].tolist()
+        raw = np.asarray(query_pids.detach().cpu() if isinstance(query_pids, torch.Tensor)
+                         else query_pids)[shown].tolist()
+        raise ValueError(f"{len(missing)} of {Q} queries have no image of their id in the gallery "
+                         f"(query indices {shown}{'...' if len(missing) > 10 else ''}, ids {raw}); "
+                         "check that queries and gallery come from the same split, or pass "
+                         "allow_missing=True to exclude them")
+    if len(missing) == Q:
+        raise ValueError(f"none of the {Q} queries has an image of its id in the gallery: the id "
+                         "arrays do not overlap (swapped, or from different splits?)")
+    if source_index is not None:
+        source_index = torch.as_tensor(np.asarray(source_index), dtype=torch.int64).reshape(-1)
+        if len(source_index) != Q or (len(source_index) and
+                                      (source_index.min() < 0 or source_index.max() >= G)):
+            raise ValueError(f"source_index must hold one gallery index in [0, {G}) per query "
+                             f"({Q}), got {len(source_index)} values")
+        if not (gids[source_index] == qids).all():
+            raise ValueError("source_index points to gallery images of another id than the query; "
+                             "it must be each caption's own image (EvalSet.caption_image_idx)")
+
+    totals: dict[str, float] = {}
+    hmr_hits, hmr_count = 0.0, 0
+    for start in range(0, Q, chunk_size):
+        rows = slice(start, min(start + chunk_size, Q))
+        block = matrix[rows] if matrix is not None else _as_tensor(similarity(rows), "similarity(rows)")
+        _check_block(block, rows, G, "similarity" if matrix is not None else "similarity(rows)")
+        device = block.device
+        order = _stable_order(block)
+        if rerank is not None:
+            query_idx = torch.arange(rows.start, rows.stop, device=device)
+            order = _rerank_order(order, query_idx, rerank, min(rerank_k, G))
+        q_ids, g_ids = qids[rows].to(device), gids.to(device)
+        relevant = g_ids[order] == q_ids[:, None]
+        kept = query_positives[rows].to(device) > 0
+        for name, values in _chunk_stats(relevant[kept], ks).items():
+            totals[name] = totals.get(name, 0.0) + float(values.sum())
+        if source_index is not None:
+            hits, hmr_kept = _hmr1(order[kept], relevant[kept], source_index[rows].to(device)[kept],
+                                   query_positives[rows].to(device)[kept])
+            hmr_hits += float(hits.sum())
+            hmr_count += int(hmr_kept.sum())
+
+    n = Q - len(missing)
+    metrics = {name: 100.0 * total / n for name, total in totals.items()}
+    metrics.update(num_queries=n, num_excluded=len(missing))
+    if source_index is not None:
+        metrics["HMR1"] = 100.0 * hmr_hits / hmr_count if hmr_count else float("nan")
+        metrics["hmr_num_queries"] = hmr_count
+    return metrics
+
+
+def i2t_metrics(similarity, text_pids, image_pids, **kwargs) -> dict[str, float]:
+    """Image-to-text metrics from a text-to-image ``similarity`` [T, I]: every image is a query and
+    the captions are the gallery. A callable must already score image rows: ``f(rows) -> [rows, T]``."""
+    if not callable(similarity):
+        similarity = _as_tensor(similarity, "similarity").T
+    return retrieval_metrics(similarity, image_pids, text_pids, **kwargs)
+
+
+# --------------------------------------------------------------------------- models
+def _concat(parts: list):
+    """Concatenate per-batch features (tensors, or dicts / lists of them) along dim 0."""
+    first = parts[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(parts, 0)
+    if isinstance(first, dict):
+        return {key: _concat([p[key] for p in parts]) for key in first}
+    if isinstance(first, (list, tuple)):
+        return [item for p in parts for item in p]
+    raise TypeError(f"model features must be tensors or dicts of tensors, got {type(first).__name__}")
+
+
+def _select(feats, index):
+    """Rows ``index`` (a slice or index tensor) of features (tensor / dict / list)."""
+    if isinstance(feats, torch.Tensor):
+        return feats[index]
+    if isinstance(feats, dict):
+        return {key: _select(value, index) for key, value in feats.items()}
+    if isinstance(index, slice):
+        return feats[index]
+    return [feats[i] for i in index.tolist()]
+
+
+def _batches(n: int, batch_size: int, progress: bool, desc: str):
+    starts = range(0, n, batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+        starts = tqdm(starts, desc=desc, leave=False)
+    for start in starts:
+        yield slice(start, min(start + batch_size, n))
+
+
+class _EvalMode:
+    """``model.eval()`` + ``torch.no_grad()`` for a block, restoring the training mode after."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __enter__(self):
+        self.was_training = self.model.training
+        self.no_grad = torch.no_grad()
+        self.no_grad.__enter__()
+        self.model.eval()
+
+    def __exit__(self, *exc):
+        self.model.train(self.was_training)
+        self.no_grad.__exit__(*exc)
+
+
+def encode_split(model, records, data_cfg, *, device="cpu", batch_size: int = 64, progress: bool = True):
+    """Encode the gallery images and query captions of ``records`` (a test split).
+
+    Returns ``(text_feats, image_feats, eval_set)`` with features in ``EvalSet`` order
+    (``eval_set.captions`` / ``eval_set.image_paths``).
+    """
+    from .data.datasets import EvalSet, load_eval_images
+
+    eval_set = EvalSet(records)
+    if not len(eval_set.image_paths) or not len(eval_set.captions):
+        raise ValueError(f"the split has {len(eval_set.image_paths)} images and "
+                         f"{len(eval_set.captions)} captions; evaluation needs both")
+    with _EvalMode(model):
+        image_parts = [model.encode_images(load_eval_images(eval_set.image_paths[rows], data_cfg).to(device))
+                       for rows in _batches(len(eval_set.image_paths), batch_size, progress, "images")]
+        text_parts = [model.encode_texts(list(eval_set.captions[rows]))
+                      for rows in _batches(len(eval_set.captions), batch_size, progress, "captions")]
+    return _concat(text_parts), _concat(image_parts), eval_set
+
+
+def score_features(model, text_feats, image_feats, query_pids, gallery_pids, *, rerank_k: int = 0,
+                   chunk_size: int = 1024, **kwargs) -> dict[str, float]:
+    """Metrics of encoded features scored by ``model.similarity`` in query chunks (and
+    ``model.rerank`` over the top ``rerank_k`` when > 0)."""
+    def similarity(rows: slice):
+        return model.similarity(_select(text_feats, rows), image_feats)
+
+    def rerank(query_idx: torch.Tensor, topk_idx: torch.Tensor):
+        return model.rerank(_select(text_feats, query_idx), image_feats, topk_idx)
+
+    if rerank_k > 0 and not callable(getattr(model, "rerank", None)):
+        raise ValueError(f"rerank_k={rerank_k} but model {type(model).__name__} has no rerank(); "
+                         "use rerank_k=0")
+    with _EvalMode(model):
+        return retrieval_metrics(similarity, query_pids, gallery_pids, chunk_size=chunk_size,
+                                 rerank=rerank if rerank_k > 0 else None, rerank_k=max(rerank_k, 1),
+                                 **kwargs)
+
+
+def evaluate(model, records, data_cfg, *, device="cpu", batch_size: int = 64, rerank_k: int = 0,
+             progress: bool = True, chunk_size: int = 1024) -> dict[str, float]:
+    """Text-to-image metrics of ``model`` on ``records`` (every caption a query, every image in the
+    gallery), with SSAN's HMR-1 (``HMR1``) and, for ``rerank_k > 0``, top-k re-ranking."""
+    text_feats, image_feats, eval_set = encode_split(model, records, data_cfg, device=device,
+                                                     batch_size=batch_size, progress=progress)
+    return score_features(model, text_feats, image_feats, eval_set.caption_pids, eval_set.image_pids,
+                          rerank_k=rerank_k, chunk_size=chunk_size,
+                          source_index=eval_set.caption_image_idx)
