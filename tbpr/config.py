@@ -57,6 +57,11 @@ class TrainConfig:
     amp: str = "none"  # none | bf16 | fp16 (GPU only; ignored on CPU)
     eval_every: int = 0  # epochs; 0 = only at the end
     log_every: int = 10  # steps
+    # the schedule's clock at the first epoch: 1 reproduces codes that call scheduler.step() at the
+    # start of every epoch (LGUR's milestones felt one epoch early, IVT's e = 1..E cosine)
+    lr_epoch_offset: int = 0
+    ckpt_every_steps: int = 0  # mid-epoch checkpoint every N steps (exact resume); 0 = epoch ends only
+    ddp_find_unused: bool = True  # DistributedDataParallel(find_unused_parameters=...)
 
 
 @dataclass

@@ -68,50 +68,80 @@ def _check_block(block: torch.Tensor, rows: slice, num_gallery: int, what: str) 
 
 
 # --------------------------------------------------------------------------- ranking
-def _stable_order(scores: torch.Tensor) -> torch.Tensor:
-    """Gallery indices by descending score; ties: the lower index first."""
-    return torch.sort(scores, dim=1, descending=True, stable=True).indices
+# Only the ranks of the positives matter, so instead of sorting each gallery row (G log G) the
+# rank of a positive j is counted: 1 + #{x: s_x > s_j} + #{x < j: s_x == s_j} (the stable order).
+def _positive_ranks(block: torch.Tensor, row: torch.Tensor, col: torch.Tensor,
+                    batch: int) -> torch.Tensor:
+    """1-based rank of gallery item ``col[p]`` in query ``row[p]``'s ranked list, for every pair p;
+    at most ``batch`` x G scores are compared at once."""
+    ranks = []
+    for start in range(0, len(row), batch):
+        scores = block[row[start:start + batch]]
+        c = col[start:start + batch, None]
+        own = scores.gather(1, c)
+        above = (scores > own).sum(1)
+        tied = ((scores >= own).sum(1) - above > 1).nonzero()[:, 0]  # rows with ties besides itself
+        if len(tied):
+            before = torch.arange(scores.shape[1], device=scores.device) < c[tied]
+            above[tied] += ((scores[tied] == own[tied]) & before).sum(1)
+        ranks.append(above + 1)
+    return torch.cat(ranks) if ranks else row.new_zeros(0)
 
 
-def _rerank_order(order: torch.Tensor, query_idx: torch.Tensor, rerank: Rerank, k: int) -> torch.Tensor:
-    """Re-order each query's first-stage top-``k`` by ``rerank(query_idx, topk_idx)``; the rest
-    follow in first-stage order."""
-    topk = order[:, :k]
-    scores = rerank(query_idx, topk)
-    scores = _as_tensor(scores, "rerank(query_idx, topk_idx) output").to(order.device)
+def _stable_topk(block: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of each row's ``k`` best gallery items in ranked order (ties: lower index first)."""
+    return torch.sort(block, dim=1, descending=True, stable=True).indices[:, :k]
+
+
+def _reranked_ranks(block, row, col, ranks, query_idx, rerank: Rerank, k: int) -> torch.Tensor:
+    """Ranks after re-ordering each query's first-stage top-``k`` by ``rerank(query_idx, topk)``
+    (equal re-rank scores keep the first-stage order); ranks below k do not change."""
+    topk = _stable_topk(block, k)
+    scores = _as_tensor(rerank(query_idx, topk), "rerank(query_idx, topk_idx) output").to(block.device)
     rows = slice(int(query_idx[0]), int(query_idx[0]) + len(query_idx))
     _check_block(scores, rows, k, f"rerank output (expected [queries, rerank_k={k}])")
-    within = torch.sort(scores, dim=1, descending=True, stable=True).indices
-    return torch.cat([topk.gather(1, within), order[:, k:]], dim=1)
+    reranked = topk.gather(1, torch.sort(scores, dim=1, descending=True, stable=True).indices)
+    in_topk = ranks <= k
+    new_position = (reranked[row[in_topk]] == col[in_topk, None]).to(torch.uint8).argmax(1)
+    ranks = ranks.clone()
+    ranks[in_topk] = new_position + 1
+    return ranks
 
 
-def _chunk_stats(relevant: torch.Tensor, ks: tuple[int, ...]) -> dict[str, torch.Tensor]:
-    """Per-query sums of every metric from the ranked relevance matrix ``relevant`` [q, G]."""
-    G = relevant.shape[1]
-    rank = torch.arange(1, G + 1, device=relevant.device, dtype=torch.float64)  # 1-based r
-    hits = relevant.cumsum(1, dtype=torch.float64)  # i at each position
-    rel = relevant.to(torch.float64)
-    num_pos = rel[:, -1:].new_tensor(hits[:, -1:])
-    first = relevant.to(torch.uint8).argmax(1)  # 0-based rank of the first positive
-    last = G - 1 - relevant.flip(1).to(torch.uint8).argmax(1)
-    prev_precision = torch.where(rank == 1, 1.0, (hits - 1) / (rank - 1).clamp(min=1))
-    out = {f"R{k}": (first < k).to(torch.float64) for k in ks}
-    out["mAP"] = (rel * hits / rank).sum(1) / num_pos[:, 0]
-    out["mINP"] = num_pos[:, 0] / (last + 1).to(torch.float64)
-    out["mAP_trapz"] = (rel * (prev_precision + hits / rank) / 2).sum(1) / num_pos[:, 0]
+def _rank_stats(row: torch.Tensor, ranks: torch.Tensor, ks: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    """Per-query metric values (queries with at least one positive) from the positives' ranks."""
+    order = torch.argsort(row * (int(ranks.max()) + 1) + ranks)  # by query, then by rank
+    row, r = row[order], ranks[order].to(torch.float64)
+    _, num_pos = torch.unique_consecutive(row, return_counts=True)
+    first = torch.cumsum(num_pos, 0) - num_pos  # where each query's positives start
+    query = torch.repeat_interleave(torch.arange(len(num_pos), device=row.device), num_pos)
+    i = (torch.arange(len(row), device=row.device) - first[query] + 1).to(torch.float64)
+    prev_precision = torch.where(r == 1, 1.0, (i - 1) / (r - 1).clamp(min=1))
+
+    def mean_over_positives(values):
+        return torch.zeros(len(num_pos), dtype=torch.float64, device=row.device).index_add_(
+            0, query, values) / num_pos
+
+    out = {f"R{k}": (r[first] <= k).to(torch.float64) for k in ks}
+    out["mAP"] = mean_over_positives(i / r)
+    out["mINP"] = num_pos / r[first + num_pos - 1]
+    out["mAP_trapz"] = mean_over_positives((prev_precision + i / r) / 2)
     return out
 
 
-def _hmr1(order: torch.Tensor, relevant: torch.Tensor, source: torch.Tensor,
-          query_positives: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """SSAN's HMR-1: Rank-1 with each query's own source image removed from the gallery; queries
-    whose identity has no other gallery image are left out. Returns (hit per kept query, kept mask)."""
-    top_is_source = order[:, 0] == source
-    top_after_removal = torch.where(top_is_source, relevant[:, 1] if relevant.shape[1] > 1
-                                    else torch.zeros_like(top_is_source), relevant[:, 0])
-    source_is_positive = torch.ones_like(top_is_source)  # the source image has the query's id
-    kept = query_positives - source_is_positive.long() > 0
-    return top_after_removal[kept].to(torch.float64), kept
+def _hmr1_hits(row, col, ranks, source: torch.Tensor) -> tuple[float, int]:
+    """SSAN's HMR-1 over one chunk: Rank-1 with each query's own source image removed from the
+    gallery; queries whose identity has no other gallery image are left out. Returns (hits, kept)."""
+    is_source = col == source[row]
+    q = len(source)
+    big = torch.iinfo(ranks.dtype).max
+    best_other = torch.full((q,), big, device=row.device).scatter_reduce(
+        0, row[~is_source], ranks[~is_source], "amin")
+    source_rank = torch.full((q,), big, device=row.device).scatter_reduce(
+        0, row[is_source], ranks[is_source], "amin")
+    kept = best_other < big
+    hit = (best_other == 1) | ((best_other == 2) & (source_rank == 1))
+    return float(hit[kept].sum()), int(kept.sum())
 
 
 # --------------------------------------------------------------------------- public API
@@ -191,20 +221,18 @@ def retrieval_metrics(similarity: Similarity, query_pids, gallery_pids, *, ks=(1
         block = matrix[rows] if matrix is not None else _as_tensor(similarity(rows), "similarity(rows)")
         _check_block(block, rows, G, "similarity" if matrix is not None else "similarity(rows)")
         device = block.device
-        order = _stable_order(block)
+        row, col = (gids.to(device)[None, :] == qids[rows].to(device)[:, None]).nonzero(as_tuple=True)
+        if not len(row):
+            continue
+        ranks = _positive_ranks(block, row, col, chunk_size)
         if rerank is not None:
             query_idx = torch.arange(rows.start, rows.stop, device=device)
-            order = _rerank_order(order, query_idx, rerank, min(rerank_k, G))
-        q_ids, g_ids = qids[rows].to(device), gids.to(device)
-        relevant = g_ids[order] == q_ids[:, None]
-        kept = query_positives[rows].to(device) > 0
-        for name, values in _chunk_stats(relevant[kept], ks).items():
+            ranks = _reranked_ranks(block, row, col, ranks, query_idx, rerank, min(rerank_k, G))
+        for name, values in _rank_stats(row, ranks, ks).items():
             totals[name] = totals.get(name, 0.0) + float(values.sum())
         if source_index is not None:
-            hits, hmr_kept = _hmr1(order[kept], relevant[kept], source_index[rows].to(device)[kept],
-                                   query_positives[rows].to(device)[kept])
-            hmr_hits += float(hits.sum())
-            hmr_count += int(hmr_kept.sum())
+            hits, kept = _hmr1_hits(row, col, ranks, source_index[rows].to(device))
+            hmr_hits, hmr_count = hmr_hits + hits, hmr_count + kept
 
     n = Q - len(missing)
     metrics = {name: 100.0 * total / n for name, total in totals.items()}

@@ -82,3 +82,94 @@ def cnn_trunk(name: str, pretrained: str | None = None, channels: tuple[int, ...
             raise ValueError("vgg_mini has no pretrained weights; set pretrained=None")
         return vgg_mini(channels), channels[-1]
     raise ValueError(f"unknown CNN {name!r}; choose vgg16, resnet50 or vgg_mini")
+
+
+# --- lgur ---
+class ViTPatchTokens(_nn.Module):
+    """A ViT (DeiT layout) that returns its patch tokens ``[B, N, D]``: [CLS] is prepended and used
+    inside the blocks but dropped at the output; no final LayerNorm (LGUR uses 11 of DeiT-S's 12
+    blocks and no final norm). Tokens are in row-major grid order (``self.grid`` = rows, cols)."""
+
+    def __init__(self, image_size: tuple[int, int], patch_size: int, dim: int, depth: int, heads: int,
+                 mlp_ratio: float = 4.0, drop_path: float = 0.0):
+        super().__init__()
+        from timm.models.vision_transformer import VisionTransformer
+
+        self.vit = VisionTransformer(
+            img_size=tuple(image_size), patch_size=patch_size, embed_dim=dim, depth=depth,
+            num_heads=heads, mlp_ratio=mlp_ratio, qkv_bias=True, num_classes=0, global_pool="",
+            final_norm=False, drop_path_rate=drop_path)
+        self.grid = (image_size[0] // patch_size, image_size[1] // patch_size)
+
+    def forward(self, images: _torch.Tensor) -> _torch.Tensor:
+        return self.vit.forward_features(images)[:, self.vit.num_prefix_tokens:]
+
+    def load_deit(self, pretrained: str) -> None:
+        """Load a (distilled) DeiT checkpoint: a timm name (downloads) or a local state-dict file.
+
+        The distillation token and its position entry are dropped, the position grid is resized to
+        ``self.grid`` and blocks beyond this model's depth are ignored."""
+        import timm
+        from timm.layers import resample_abs_pos_embed
+
+        if _Path(pretrained).exists():
+            if str(pretrained).endswith(".safetensors"):
+                from safetensors.torch import load_file
+                state = load_file(pretrained)
+            else:
+                state = _torch.load(pretrained, map_location="cpu", weights_only=True)
+        else:
+            state = timm.create_model(pretrained, pretrained=True).state_dict()
+        prefix = 2 if "dist_token" in state else 1
+        pos = state["pos_embed"]
+        old = int((pos.shape[1] - prefix) ** 0.5)
+        pos = _torch.cat([pos[:, :1], pos[:, prefix:]], dim=1)  # keep [CLS], drop the dist entry
+        state["pos_embed"] = resample_abs_pos_embed(pos, list(self.grid), [old, old], num_prefix_tokens=1,
+                                                    interpolation="bilinear", antialias=False)
+        own = self.vit.state_dict()
+        kept = {k: v for k, v in state.items() if k in own}
+        missing = sorted(set(own) - set(kept))
+        if missing:
+            raise ValueError(f"{pretrained}: not a DeiT/ViT checkpoint of this size (missing {missing[:3]})")
+        self.vit.load_state_dict(kept)
+
+
+class ResNetPatchTokens(_nn.Module):
+    """ResNet-50 trunk (stride 32) + bias-free 1×1 conv to ``dim``, flattened row-major to tokens
+    ``[B, N, dim]`` (384×128 -> 12×4 = 48 tokens)."""
+
+    def __init__(self, image_size: tuple[int, int], dim: int, pretrained: str | None = None):
+        super().__init__()
+        self.trunk = _timm_model("resnet50", pretrained, num_classes=0, global_pool="")
+        self.proj = _nn.Conv2d(self.trunk.num_features, dim, 1, bias=False)
+        self.grid = (image_size[0] // 32, image_size[1] // 32)
+
+    def forward(self, images: _torch.Tensor) -> _torch.Tensor:
+        return self.proj(self.trunk.forward_features(images)).flatten(2).transpose(1, 2)
+
+
+# --- ssan ---
+class StridedCNN(_nn.Module):
+    """conv3×3-BN-ReLU stack for CPU profiles whose stem downsamples at once (a stride-1 stem doubles
+    the cost): strides (2, 2, 1, 2, 1) give a total stride of 8, so a 96×32 input yields the 12×4 map
+    a ResNet-50 gives at 384×128 (the same stripe geometry)."""
+
+    def __init__(self, widths=(32, 64, 64, 128, 128), strides=(2, 2, 1, 2, 1)):
+        super().__init__()
+        if len(widths) != len(strides):
+            raise ValueError(f"StridedCNN: widths {widths} and strides {strides} differ in length")
+        layers, c_in = [], 3
+        for c_out, stride in zip(widths, strides):
+            layers += [_nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), _nn.BatchNorm2d(c_out),
+                       _nn.ReLU(inplace=True)]
+            c_in = c_out
+        self.body = _nn.Sequential(*layers)
+        self.num_features = c_in
+
+    def forward_features(self, x: _torch.Tensor) -> _torch.Tensor:
+        return self.body(x)
+
+
+def resnet50_trunk(pretrained: str | None = None) -> _nn.Module:
+    """ResNet-50 conv1…layer4, standard last stride (384×128 -> 2048×12×4); ``forward_features``."""
+    return _timm_model("resnet50", pretrained, num_classes=0, global_pool="")

@@ -1,0 +1,633 @@
+"""CADA — Cross-Modal Adaptive Dual Association (Lin, Peng, Meng, Zheng; IEEE TMM 2024, arXiv 2312.01745).
+
+A BLIP-style dual encoder (ViT image encoder, BERT text encoder) aligned by the NDF loss, plus a
+cross-modal *decoder* that is the same BERT with a cross-attention sub-layer switched on in every
+layer (text tokens = queries, image tokens = keys/values). The decoder learns two "dual" associations:
+
+* ATP (text tokens -> image patches): the decoder outputs, cut into fixed windows ("groups") and
+  mean-pooled, plus the [ENC] output, are classified match / mismatch against in-batch hard negatives.
+* ARA (image regions -> text attributes): adjective/noun attribute phrases are masked as whole
+  phrases (rate r) and predicted from the image by a weight-tied MLM head (Masked Attribute Modeling).
+
+Inference: CADA-G ranks the gallery by the global cosine; CADA-L re-scores each query's top-k gallery
+images with the decoder's [ENC] match logit and adds it (``rerank``).
+
+Section/equation numbers refer to the paper; the reconstruction of the lost equations follows
+``shared/specs/cada.md`` (§ numbers below in square brackets refer to that spec).
+"""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from ..config import DataConfig, ModelConfig, TrainConfig
+from ..losses import atp_loss, cmpm_loss, mam_loss, ndf_loss
+from . import register_model
+from .base import TBPRModel
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+# ----------------------------------------------------------------------------- config
+@dataclass
+class VisionConfig:
+    """ViT-B/16 image encoder (BLIP's visual encoder) [§2.2]."""
+    patch_size: int = 16
+    width: int = 768
+    depth: int = 12
+    heads: int = 12
+    mlp_ratio: float = 4.0
+
+
+@dataclass
+class TextConfig:
+    """BERT-base text encoder = cross-modal decoder [§2.3, §2.5]."""
+    tokenizer: str = "bert"  # bert: WordPiece + [DEC]/[ENC] (30,524 ids) | words: training-word vocabulary
+    vocab_size: int = 30524
+    text_len: int = 73  # L + 1 token positions ([CLS]/[ENC] first)
+    max_words: int = 72
+    width: int = 768
+    depth: int = 12
+    heads: int = 12
+    ffn: int = 3072
+    dropout: float = 0.1
+    max_positions: int = 512
+
+
+@dataclass
+class ATPConfig:
+    """Association of text Tokens to image Patches [§2.6]."""
+    enabled: bool = True
+    group_size: int = 36  # s
+    group_stride: int = 36  # t
+    masked_mean: bool = False  # the code averages padding positions too (§8-A7)
+    hardneg_sim: str = "cosine"  # cosine | dot (the code's un-normalised projections, §8-A11)
+
+
+@dataclass
+class ARAConfig:
+    """Association of image Regions to text Attributes via Masked Attribute Modeling [§2.7]."""
+    enabled: bool = True
+    mask_rate: float = 0.8  # r, per attribute phrase
+    weight: float = 0.1  # lambda of Eq. (8)
+    mask_mode: str = "phrase"  # phrase (paper) | word (the code's JJ/NN word masking, rate word_rate)
+    word_rate: float = 0.4
+
+
+def _paper_train() -> TrainConfig:
+    # AdamW 1e-5, wd 0.05 on all parameters, per-epoch cosine to 0, no warm-up, 40 epochs [§4.1]
+    return TrainConfig(epochs=40, optimizer="adamw", lr=1e-5, weight_decay=0.05, schedule="cosine",
+                       step_per="epoch", warmup_epochs=0.0, min_lr=0.0)
+
+
+def _paper_data() -> DataConfig:
+    # 224x224, batch 96, flip + pad 10 / crop + random erasing 0.5, CLIP normalisation [§4.3]
+    return DataConfig(image_size=(224, 224), batch_size=96, sampler="random", flip=True, pad_crop=10,
+                      random_erasing=0.5, mean=CLIP_MEAN, std=CLIP_STD, max_caption_len=72)
+
+
+@dataclass
+class CADAConfig(ModelConfig):
+    train: TrainConfig = field(default_factory=_paper_train)
+    data: DataConfig = field(default_factory=_paper_data)
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    atp: ATPConfig = field(default_factory=ATPConfig)
+    ara: ARAConfig = field(default_factory=ARAConfig)
+    embed_dim: int = 256  # d', shared latent width
+    global_loss: str = "ndf"  # ndf | cmpm (Table IV baseline)
+    ndf_variant: str = "paper"  # paper | official (§8-A10)
+    temperature: float = 0.02  # tau of Eq. (1)
+    rerank_k: int = 32  # k of CADA-L (0 = CADA-G)
+    local_score: str = "logit"  # logit (code) | prob (the paper's "matching probability")
+    local_groups: str = "enc"  # enc | enc+groups (mean of the [ENC] and group heads)
+    pretrained: str | None = None  # local path of BLIP model_base.pth
+
+
+# ----------------------------------------------------------------------------- text side
+SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", "[ENC]")
+_DROP = re.compile(r'[.!"()*#:;~]')  # characters the official preprocessing turns into spaces
+_WORD = re.compile(r"[a-z0-9]+|[^\sa-z0-9]")  # BERT basic tokenizer: split on space and punctuation
+_ATTR = re.compile(r"(?:JC?)*N?S?")  # chunk grammar ATTR: {(<JJ><CC>?)*<NN>?<NNS>?} over tag letters
+_TAG_LETTER = {"JJ": "J", "CC": "C", "NN": "N", "NNS": "S"}
+
+
+def caption_words(caption: str, max_words: int = 72) -> list[tuple[str, int, int]]:
+    """Preprocess as the official code (§2.1) and split into words with their character spans."""
+    text = _DROP.sub(" ", caption.lower())  # length-preserving, so spans index the raw caption
+    kept = []
+    for n_whitespace_words, m in enumerate(re.finditer(r"\S+", text)):
+        if n_whitespace_words >= max_words:
+            break
+        kept += [(w.group(), m.start() + w.start(), m.start() + w.end()) for w in _WORD.finditer(m.group())]
+    return kept
+
+
+def attribute_chunks(tags: list[str]) -> list[list[int]]:
+    """Word indices of each maximal, non-empty ``(<JJ><CC>?)*<NN>?<NNS>?`` chunk (§2.7 step 1)."""
+    letters = "".join(_TAG_LETTER.get(t, "x") for t in tags)
+    return [list(range(m.start(), m.end())) for m in _ATTR.finditer(letters) if m.end() > m.start()]
+
+
+def _pos_tag(words: list[str]) -> list[str]:
+    from ..data.text import pos_tag  # NLTK when its data is installed, else tbpr's offline tagger
+    return pos_tag(words)
+
+
+@dataclass
+class EncodedCaption:
+    ids: list[int]  # text_len ids: [CLS] pieces [SEP] [PAD]...
+    n_tokens: int  # real tokens incl. [CLS] and [SEP]
+    words: list[tuple[str, int, int]]  # (word, char start, char end)
+    word_pos: list[list[int]]  # token positions of each word (empty when truncated away)
+    chunks: list[list[int]]  # token positions of each attribute chunk (phrase mode)
+    attr_words: list[int]  # token positions of JJ/NN/NNS words (word mode)
+
+
+class CaptionTokenizer:
+    """``bert``: WordPiece ids of bert-base-uncased plus [DEC], [ENC] (§2.1); ``words``: one id per
+    training word (the CPU variant, §9.2). Both give [CLS] w1 .. wn [SEP] [PAD].. of ``text_len``."""
+
+    def __init__(self, mode: str, text_len: int, max_words: int, vocab: list[str] | None = None):
+        self.mode, self.text_len, self.max_words = mode, text_len, max_words
+        if mode == "bert":
+            from ..data.text import bert_tokenizer
+            self.wordpiece = bert_tokenizer()
+            self.wordpiece.add_special_tokens({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]})
+            self.itos = None
+            ids = self.wordpiece.convert_tokens_to_ids(list(SPECIALS))
+        elif mode == "words":
+            if vocab is None:
+                raise ValueError("CADA with text.tokenizer='words' needs vocab=[words]; build it with "
+                                 "CADA.build_for_data(cfg, train_records) or pass text.tokenizer='bert'")
+            self.itos = list(SPECIALS) + [w for w in vocab if w not in SPECIALS]
+            self.stoi = {w: i for i, w in enumerate(self.itos)}
+            ids = [self.stoi[s] for s in SPECIALS]
+        else:
+            raise ValueError(f"text.tokenizer must be 'bert' or 'words', got {mode!r}")
+        self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id, _, self.enc_id = ids
+        self._cache: dict[str, EncodedCaption] = {}
+
+    def __len__(self) -> int:
+        return len(self.itos) if self.itos is not None else len(self.wordpiece)
+
+    def pieces(self, word: str) -> list[int]:
+        if self.itos is not None:
+            return [self.stoi.get(word, self.unk_id)]
+        return self.wordpiece.convert_tokens_to_ids(self.wordpiece.tokenize(word))
+
+    def decode(self, token_id: int) -> str:
+        if self.itos is not None:
+            return self.itos[token_id]
+        return self.wordpiece.convert_ids_to_tokens(int(token_id))
+
+    def encode(self, caption: str) -> EncodedCaption:
+        if caption not in self._cache:
+            self._cache[caption] = self._encode(caption)
+        return self._cache[caption]
+
+    def _encode(self, caption: str) -> EncodedCaption:
+        words = caption_words(caption, self.max_words)
+        ids, word_pos = [self.cls_id], []
+        budget = self.text_len - 1  # room left for [SEP]
+        for word, _, _ in words:
+            pieces = self.pieces(word)
+            if len(ids) + len(pieces) > budget:
+                word_pos.append([])
+                continue
+            word_pos.append(list(range(len(ids), len(ids) + len(pieces))))
+            ids += pieces
+        ids.append(self.sep_id)
+        n_tokens = len(ids)
+        ids += [self.pad_id] * (self.text_len - n_tokens)
+        tags = _pos_tag([w for w, _, _ in words]) if words else []
+        # a chunk partly cut off by truncation keeps only its surviving tokens
+        chunks = [sum((word_pos[i] for i in chunk), []) for chunk in attribute_chunks(tags)]
+        attr_words = sum((word_pos[i] for i, t in enumerate(tags) if t in ("JJ", "NN", "NNS", "NNP", "NNPS")), [])
+        return EncodedCaption(ids, n_tokens, words, word_pos, [c for c in chunks if c], attr_words)
+
+    def batch(self, captions: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
+        enc = [self.encode(c) for c in captions]
+        ids = torch.tensor([e.ids for e in enc], dtype=torch.long, device=device)
+        return ids, (ids != self.pad_id).long()
+
+
+def build_word_vocab(captions, min_count: int = 2) -> list[str]:
+    """Words seen at least ``min_count`` times, most frequent first (ties alphabetical)."""
+    counts = Counter(w for c in captions for w, _, _ in caption_words(c, 10 ** 6))
+    return [w for w, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if n >= min_count]
+
+
+# ----------------------------------------------------------------------------- image encoder
+class VisionTransformer(nn.Module):
+    """BLIP's ViT: conv patch embedding, [CLS], learned positions, pre-LN blocks, final LN [§2.2]."""
+
+    def __init__(self, cfg: VisionConfig, image_size: tuple[int, int]):
+        super().__init__()
+        h, w = image_size
+        if h % cfg.patch_size or w % cfg.patch_size:
+            raise ValueError(f"data.image_size {image_size} must be divisible by vision.patch_size "
+                             f"{cfg.patch_size}")
+        self.grid = (h // cfg.patch_size, w // cfg.patch_size)
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = nn.Conv2d(3, cfg.width, cfg.patch_size, cfg.patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid[0] * self.grid[1], cfg.width))
+        norm = partial(nn.LayerNorm, eps=1e-6)
+        self.blocks = nn.ModuleList(Block(cfg.width, cfg.heads, cfg.mlp_ratio, qkv_bias=True, norm_layer=norm)
+                                    for _ in range(cfg.depth))
+        self.norm = norm(cfg.width)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed.proj(images).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(len(x), -1, -1), x], 1) + self.pos_embed
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)  # V = [v_cls; v_1..v_Np]
+
+
+# ----------------------------------------------------------------------------- text encoder / decoder
+class Attention(nn.Module):
+    """Multi-head attention whose keys/values may come from another modality (width ``kv_width``)."""
+
+    def __init__(self, width: int, heads: int, kv_width: int, dropout: float):
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.query = nn.Linear(width, width)
+        self.key = nn.Linear(kv_width, width)
+        self.value = nn.Linear(kv_width, width)
+        self.out = nn.Linear(width, width)
+
+    def _split(self, x):
+        return x.view(x.shape[0], x.shape[1], self.heads, -1).transpose(1, 2)
+
+    def forward(self, x, kv, bias=None, return_probs: bool = False):
+        q, k, v = self._split(self.query(x)), self._split(self.key(kv)), self._split(self.value(kv))
+        drop = self.dropout if self.training else 0.0
+        if return_probs:
+            probs = ((q @ k.transpose(-1, -2)) / q.shape[-1] ** 0.5 + (0 if bias is None else bias)).softmax(-1)
+            y = F.dropout(probs, drop, self.training) @ v
+        else:
+            probs = None
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=drop)
+        return self.out(y.transpose(1, 2).flatten(2)), probs
+
+
+class BertLayer(nn.Module):
+    """Post-LN BERT layer: self-attention, cross-attention (decoder mode only), FFN [§2.5]."""
+
+    def __init__(self, cfg: TextConfig, image_width: int, cross_attention: bool):
+        super().__init__()
+        self.self_attn = Attention(cfg.width, cfg.heads, cfg.width, cfg.dropout)
+        self.self_norm = nn.LayerNorm(cfg.width, eps=1e-12)
+        if cross_attention:  # only the decoder path has it; a pure dual encoder (Table IV rows 0-1) has none
+            self.cross_attn = Attention(cfg.width, cfg.heads, image_width, cfg.dropout)
+            self.cross_norm = nn.LayerNorm(cfg.width, eps=1e-12)
+        self.fc1 = nn.Linear(cfg.width, cfg.ffn)
+        self.fc2 = nn.Linear(cfg.ffn, cfg.width)
+        self.ffn_norm = nn.LayerNorm(cfg.width, eps=1e-12)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, pad_bias, image_tokens=None, return_probs=False):
+        s = self.self_norm(x + self.drop(self.self_attn(x, x, pad_bias)[0]))  # S = LN(X + MHSA(X))
+        probs = None
+        if image_tokens is not None:  # C = LN(S + MHCA(S, V)); encoder mode: C = S
+            ca, probs = self.cross_attn(s, image_tokens, return_probs=return_probs)
+            s = self.cross_norm(s + self.drop(ca))
+        return self.ffn_norm(s + self.drop(self.fc2(F.gelu(self.fc1(s))))), probs  # X = LN(C + FFN(C))
+
+
+class TextTransformer(nn.Module):
+    """BLIP's MED BERT: the text encoder without ``image_tokens``, the cross-modal decoder with them."""
+
+    def __init__(self, cfg: TextConfig, image_width: int, cross_attention: bool = True):
+        super().__init__()
+        self.word = nn.Embedding(cfg.vocab_size, cfg.width)
+        self.position = nn.Embedding(cfg.max_positions, cfg.width)
+        self.norm = nn.LayerNorm(cfg.width, eps=1e-12)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.layers = nn.ModuleList(BertLayer(cfg, image_width, cross_attention) for _ in range(cfg.depth))
+
+    def forward(self, ids, attention_mask, image_tokens=None, return_probs=False):
+        """-> (hidden [B, T, d], per-layer CA probabilities [B, heads, T, Np+1] when asked)."""
+        if image_tokens is not None and not hasattr(self.layers[0], "cross_attn"):
+            raise ValueError("this CADA has no decoder (atp.enabled and ara.enabled are both false)")
+        pos = torch.arange(ids.shape[1], device=ids.device)
+        x = self.drop(self.norm(self.word(ids) + self.position(pos)))
+        pad_bias = ((1.0 - attention_mask[:, None, None, :].to(x.dtype)) * -10000.0)  # mask padded keys
+        maps = []
+        for layer in self.layers:
+            x, probs = layer(x, pad_bias, image_tokens, return_probs)
+            maps.append(probs)
+        return x, maps
+
+
+class MLMHead(nn.Module):
+    """phi of Eq. (6): dense, GELU, LN, then the word-embedding matrix (tied) plus a bias."""
+
+    def __init__(self, width: int, word_embeddings: nn.Embedding):
+        super().__init__()
+        self.dense = nn.Linear(width, width)
+        self.norm = nn.LayerNorm(width, eps=1e-12)
+        self.word_embeddings = [word_embeddings]  # a list, so the tied matrix is not registered twice
+        self.bias = nn.Parameter(torch.zeros(word_embeddings.num_embeddings))
+
+    def forward(self, x):
+        return self.norm(F.gelu(self.dense(x))) @ self.word_embeddings[0].weight.T + self.bias
+
+
+# ----------------------------------------------------------------------------- the model
+@register_model("cada", CADAConfig)
+class CADA(TBPRModel):
+    init_kwargs = ("vocab",)
+
+    def __init__(self, cfg: CADAConfig, vocab=None):
+        super().__init__(cfg)
+        t = cfg.text
+        if cfg.atp.enabled and self.num_groups(cfg) < 1:
+            raise ValueError(f"atp.group_size {cfg.atp.group_size} must be <= text.text_len - 1 = {t.text_len - 1}")
+        if t.text_len > t.max_positions:
+            raise ValueError(f"text.text_len {t.text_len} exceeds text.max_positions {t.max_positions}")
+        if hasattr(vocab, "to_json"):  # a tbpr.data.text.Vocabulary
+            vocab = vocab.to_json()["words"]
+        self.vocab = list(vocab) if vocab is not None else None
+        if t.tokenizer == "words" and self.vocab is not None:
+            n_ids = len(SPECIALS) + len(self.vocab)
+            if t.vocab_size == 0:  # the CPU profiles size the embedding from the vocabulary
+                from ..config import apply_overrides
+                self.cfg = cfg = apply_overrides(cfg, {"text.vocab_size": n_ids})
+                t = cfg.text
+            elif t.vocab_size != n_ids:
+                raise ValueError(f"text.vocab_size {t.vocab_size} != {len(SPECIALS)} specials + {len(self.vocab)} "
+                                 "words; build the model with CADA.build_for_data(cfg, train_records)")
+        if t.vocab_size < len(SPECIALS):
+            raise ValueError(f"text.vocab_size is {t.vocab_size}: with text.tokenizer='words' pass vocab=[words] "
+                             "or build with CADA.build_for_data(cfg, train_records)")
+        self.visual_encoder = VisionTransformer(cfg.vision, cfg.data.image_size)
+        # the text encoder is also the decoder [§2.5]; its CA sub-layers exist only if ATP or ARA uses them
+        self.text_encoder = TextTransformer(t, cfg.vision.width, cross_attention=self.has_decoder)
+        self.vision_proj = nn.Linear(cfg.vision.width, cfg.embed_dim)  # W_v
+        self.text_proj = nn.Linear(t.width, cfg.embed_dim)  # W_t
+        if cfg.atp.enabled:
+            self.itm_head = nn.Linear(t.width, 2)  # W_cls, the [ENC] group (Eq. 4)
+            self.itm_local_head = nn.Linear(t.width, 2)  # W_loc, shared by the token groups (Eq. 4)
+        if cfg.ara.enabled:
+            self.mlm_head = MLMHead(t.width, self.text_encoder.word)  # phi (Eq. 6)
+        self.apply(self._init_weights)
+        self._tokenizer = None
+        if cfg.pretrained:
+            load_blip(self, cfg.pretrained)
+
+    @staticmethod
+    def _init_weights(m):
+        if isinstance(m, (nn.Linear, nn.Conv2d, nn.Embedding)):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+        if isinstance(m, (nn.Linear, nn.Conv2d)) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+        if isinstance(m, VisionTransformer):
+            nn.init.trunc_normal_(m.pos_embed, std=0.02)
+            nn.init.trunc_normal_(m.cls_token, std=0.02)
+
+    @property
+    def has_decoder(self) -> bool:
+        return self.cfg.atp.enabled or self.cfg.ara.enabled
+
+    @classmethod
+    def build_for_data(cls, cfg: CADAConfig, train_records) -> "CADA":
+        """The ``words`` tokenizer needs the training vocabulary; ``bert`` needs nothing from the data."""
+        if cfg.text.tokenizer != "words":
+            return cls(cfg)
+        return cls(cfg, vocab=build_word_vocab(c for r in train_records for c in r.captions))
+
+    def extra_state(self) -> dict:
+        return {"vocab": self.vocab} if self.vocab is not None else {}
+
+    @staticmethod
+    def num_groups(cfg: CADAConfig) -> int:
+        """N_g = floor((L - s) / t) + 1 token groups (the [ENC] group not counted)."""
+        return (cfg.text.text_len - 1 - cfg.atp.group_size) // cfg.atp.group_stride + 1
+
+    @property
+    def tokenizer(self) -> CaptionTokenizer:
+        if self._tokenizer is None:
+            t = self.cfg.text
+            self._tokenizer = CaptionTokenizer(t.tokenizer, t.text_len, t.max_words, self.vocab)
+            if len(self._tokenizer) > t.vocab_size:
+                raise ValueError(f"tokenizer has {len(self._tokenizer)} ids but text.vocab_size is {t.vocab_size}")
+        return self._tokenizer
+
+    # --- encoders and the decoder
+    def encode_image_tokens(self, images):
+        return self.visual_encoder(images)
+
+    def decode(self, ids, attention_mask, image_tokens, return_probs=False):
+        """Decoder pass: [ENC] replaces [CLS] at position 0, every layer cross-attends to the image."""
+        ids = ids.clone()
+        ids[:, 0] = self.tokenizer.enc_id
+        return self.text_encoder(ids, attention_mask, image_tokens, return_probs)
+
+    def global_features(self, image_tokens, ids, attention_mask):
+        f_v = self.vision_proj(image_tokens[:, 0])  # f^v = W_v v_cls (Sec. 2.4)
+        f_t = self.text_proj(self.text_encoder(ids, attention_mask)[0][:, 0])  # f^t = W_t t_cls
+        return f_v, f_t
+
+    def group_features(self, hidden, attention_mask):
+        """Mean of each window G_m of D_{1:L} (size s, stride t), m = 1..N_g [§2.6]."""
+        s, t, n_g = self.cfg.atp.group_size, self.cfg.atp.group_stride, self.num_groups(self.cfg)
+        starts = [1 + m * t for m in range(n_g)]
+        windows = torch.stack([hidden[:, a:a + s] for a in starts], 1)  # [B, N_g, s, d]
+        if not self.cfg.atp.masked_mean:
+            return windows.mean(2)
+        w = torch.stack([attention_mask[:, a:a + s] for a in starts], 1).to(hidden.dtype)[..., None]
+        mean_real = (windows * w).sum(2) / w.sum(2).clamp_min(1)
+        return torch.where(w.sum(2) > 0, mean_real, windows.mean(2))  # window of padding only: plain mean
+
+    # --- training
+    def hard_negatives(self, f_v, f_t, pids):
+        """j-(i) = argmax_{y(j) != y(i)} sim(T_i, I_j) and k-(i) = argmax_{y(k) != y(i)} sim(I_i, T_k)."""
+        with torch.no_grad():
+            if self.cfg.atp.hardneg_sim == "cosine":
+                f_v, f_t = F.normalize(f_v, dim=-1), F.normalize(f_t, dim=-1)
+            sim = (f_t @ f_v.T).masked_fill(pids[:, None] == pids[None, :], float("-inf"))
+            return sim.argmax(1), sim.argmax(0)  # negative image per text, negative text per image
+
+    def mask_attributes(self, captions, ids):
+        """Masked Attribute Modeling input: each attribute phrase -> [MASK] with probability r [§2.7]."""
+        enc = [self.tokenizer.encode(c) for c in captions]
+        masked = torch.zeros_like(ids, dtype=torch.bool)
+        for b, e in enumerate(enc):
+            if self.cfg.ara.mask_mode == "word":
+                units, rate = [[p] for p in e.attr_words], self.cfg.ara.word_rate
+            else:
+                units, rate = e.chunks, self.cfg.ara.mask_rate
+            if not units:
+                continue
+            draw = torch.rand(len(units)) < rate  # z_c ~ Bernoulli(r)
+            for unit, z in zip(units, draw.tolist()):
+                if z:
+                    masked[b, unit] = True
+        return ids.masked_fill(masked, self.tokenizer.mask_id), masked
+
+    def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        images, pids, captions = batch["images"], batch["pids"], batch["captions"]
+        ids, att = self.tokenizer.batch(captions, images.device)
+        V = self.encode_image_tokens(images)
+        f_v, f_t = self.global_features(V, ids, att)
+        if cfg.global_loss == "ndf":
+            l_global = ndf_loss(f_v, f_t, pids, cfg.temperature, cfg.ndf_variant)  # Eqs. (1)-(3)
+        elif cfg.global_loss == "cmpm":
+            l_global = cmpm_loss(f_v, f_t, pids)
+        else:
+            raise ValueError(f"global_loss must be 'ndf' or 'cmpm', got {cfg.global_loss!r}")
+        out = {"global": l_global}
+        loss = l_global
+        if cfg.atp.enabled:  # Eqs. (4)-(5)
+            neg_img, neg_txt = self.hard_negatives(f_v, f_t, pids)
+            d, _ = self.decode(torch.cat([ids, ids, ids[neg_txt]]), torch.cat([att, att, att[neg_txt]]),
+                               torch.cat([V, V[neg_img], V]))
+            n = len(ids)
+            labels = torch.cat([torch.ones(n), torch.zeros(2 * n)]).long().to(ids.device)
+            groups = self.group_features(d, torch.cat([att, att, att[neg_txt]]))
+            out["atp"] = atp_loss(self.itm_head(d[:, 0]), self.itm_local_head(groups), labels)
+            loss = loss + out["atp"]
+        if cfg.ara.enabled:  # Eqs. (6)-(7), positive pairs only
+            masked_ids, masked = self.mask_attributes(captions, ids)
+            d, _ = self.decode(masked_ids, att, V)
+            out["ara"] = mam_loss(self.mlm_head(d[masked]), ids[masked], cfg.text.vocab_size)
+            loss = loss + cfg.ara.weight * out["ara"]  # Eq. (8)
+        out["loss"] = loss
+        return out
+
+    # --- retrieval
+    def encode_images(self, images):
+        V = self.encode_image_tokens(images)
+        return {"global": F.normalize(self.vision_proj(V[:, 0]), dim=-1), "tokens": V}
+
+    def encode_texts(self, captions: list[str]):
+        ids, att = self.tokenizer.batch(captions, self.device)
+        f_t = self.text_proj(self.text_encoder(ids, att)[0][:, 0])
+        return {"global": F.normalize(f_t, dim=-1), "ids": ids, "mask": att}
+
+    def similarity(self, text_feats, image_feats) -> torch.Tensor:
+        return text_feats["global"] @ image_feats["global"].T  # s^g, cosine (CADA-G)
+
+    def match_score(self, ids, att, image_tokens) -> torch.Tensor:
+        """s^l of §2.9: the decoder's "match" logit (or probability) for each (text, image) pair."""
+        d, _ = self.decode(ids, att, image_tokens)
+        logits = [self.itm_head(d[:, 0])]
+        if self.cfg.local_groups == "enc+groups":
+            logits.append(self.itm_local_head(self.group_features(d, att)).mean(1))
+        elif self.cfg.local_groups != "enc":
+            raise ValueError(f"local_groups must be 'enc' or 'enc+groups', got {self.cfg.local_groups!r}")
+        logits = torch.stack(logits).mean(0)
+        return logits.softmax(-1)[:, 1] if self.cfg.local_score == "prob" else logits[:, 1]
+
+    @torch.no_grad()
+    def rerank(self, text_feats, image_feats, topk_index, batch_pairs: int = 512) -> torch.Tensor:
+        """CADA-L: S = s^g + s^l for each query's k candidates (k decoder passes per query) [§2.9]."""
+        if not self.cfg.atp.enabled:
+            raise ValueError("CADA-L re-ranking needs the ATP match head: set atp.enabled=true or rerank_k=0")
+        q, k = topk_index.shape
+        flat = topk_index.reshape(-1)
+        ids = text_feats["ids"].repeat_interleave(k, 0)
+        att = text_feats["mask"].repeat_interleave(k, 0)
+        s_l = torch.cat([self.match_score(ids[a:a + batch_pairs], att[a:a + batch_pairs],
+                                          image_feats["tokens"][flat[a:a + batch_pairs]])
+                         for a in range(0, q * k, batch_pairs)]) if q * k else ids.new_zeros(0).float()
+        s_g = (text_feats["global"].repeat_interleave(k, 0) * image_feats["global"][flat]).sum(-1)
+        return (s_g + s_l).view(q, k)
+
+    # --- the figures' internals
+    @torch.no_grad()
+    def word_patch_attention(self, images, captions, layers=None) -> torch.Tensor:
+        """Fig. 5: decoder CA maps A[j, 1:] averaged over heads and ``layers`` (default all),
+        renormalised, on the patch grid -> [B, T, gh, gw] for every token position j."""
+        ids, att = self.tokenizer.batch(captions, self.device)
+        _, maps = self.decode(ids, att, self.encode_image_tokens(images), return_probs=True)
+        chosen = range(len(maps)) if layers is None else layers
+        a = torch.stack([maps[i] for i in chosen]).mean((0, 2))[..., 1:]  # drop the image [CLS] column
+        a = a / a.sum(-1, keepdim=True)
+        return a.view(*a.shape[:2], *self.visual_encoder.grid)
+
+    @torch.no_grad()
+    def predict_masked(self, images, captions, positions: list[list[int]], topk: int = 3):
+        """Fig. 6: mask ``positions[b]`` of caption b, decode with image b, return per masked position
+        (position, true id, top-k ids, top-k probabilities)."""
+        ids, att = self.tokenizer.batch(captions, self.device)
+        masked = torch.zeros_like(ids, dtype=torch.bool)
+        for b, pos in enumerate(positions):
+            masked[b, pos] = True
+        d, _ = self.decode(ids.masked_fill(masked, self.tokenizer.mask_id), att, self.encode_image_tokens(images))
+        probs = self.mlm_head(d).softmax(-1)
+        out = []
+        for b, pos in enumerate(positions):
+            top = probs[b, pos].topk(topk, -1)
+            out.append([(p, int(ids[b, p]), top.indices[i].tolist(), top.values[i].tolist())
+                        for i, p in enumerate(pos)])
+        return out
+
+
+# ----------------------------------------------------------------------------- BLIP weights
+_BLIP_NAMES = [  # (regex on a BLIP model_base.pth key, our name)
+    (r"^text_encoder\.embeddings\.word_embeddings\.", "text_encoder.word."),
+    (r"^text_encoder\.embeddings\.position_embeddings\.", "text_encoder.position."),
+    (r"^text_encoder\.embeddings\.LayerNorm\.", "text_encoder.norm."),
+    (r"^text_encoder\.encoder\.layer\.(\d+)\.attention\.self\.", r"text_encoder.layers.\1.self_attn."),
+    (r"^text_encoder\.encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"text_encoder.layers.\1.self_attn.out."),
+    (r"^text_encoder\.encoder\.layer\.(\d+)\.attention\.output\.LayerNorm\.", r"text_encoder.layers.\1.self_norm."),
+    (r"^text_encoder\.encoder\.layer\.(\d+)\.crossattention\.self\.", r"text_encoder.layers.\1.cross_attn."),
+    (r"^text_encoder\.encoder\.layer\.(\d+)\.crossattention\.output\.dense\.", r"text_encoder.layers.\1.cross_attn.out."),
+    (r"^text_encoder\.encoder\.layer\.(\d+)\.crossattention\.output\.LayerNorm\.", r"text_encoder.layers.\1.cross_norm."),
+    (r"^text_encoder\.encoder\.layer\.(\d+)\.intermediate\.dense\.", r"text_encoder.layers.\1.fc1."),
+    (r"^text_encoder\.encoder\.layer\.(\d+)\.output\.dense\.", r"text_encoder.layers.\1.fc2."),
+    (r"^text_encoder\.encoder\.layer\.(\d+)\.output\.LayerNorm\.", r"text_encoder.layers.\1.ffn_norm."),
+    (r"^text_decoder\.cls\.predictions\.transform\.dense\.", "mlm_head.dense."),
+    (r"^text_decoder\.cls\.predictions\.transform\.LayerNorm\.", "mlm_head.norm."),
+    (r"^text_decoder\.cls\.predictions\.bias$", "mlm_head.bias"),
+    (r"^(visual_encoder|vision_proj|text_proj|itm_head)\.", r"\1."),
+]
+
+
+def blip_to_cada_names(blip_state: dict) -> dict:
+    """Rename the BLIP checkpoint entries CADA uses (§4.1); everything else (momentum encoders,
+    queues, the caption decoder) is dropped."""
+    out = {}
+    for key, value in blip_state.items():
+        for pattern, repl in _BLIP_NAMES:
+            if re.search(pattern, key):
+                out[re.sub(pattern, repl, key)] = value
+                break
+    return out
+
+
+def load_blip(model: CADA, path: str) -> None:
+    """Initialise from BLIP ViT-B ``model_base.pth`` (local path); position embeddings are resized
+    bicubically to this model's patch grid."""
+    from pathlib import Path
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"pretrained={path!r}: BLIP checkpoint not found; download BLIP "
+                                "model_base.pth and pass its local path, or set pretrained=None")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = blip_to_cada_names(state.get("model", state))
+    pos = state.get("visual_encoder.pos_embed")
+    grid = model.visual_encoder.grid
+    if pos is not None and pos.shape[1] != 1 + grid[0] * grid[1]:
+        side = int((pos.shape[1] - 1) ** 0.5)
+        patches = pos[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+        patches = F.interpolate(patches, size=grid, mode="bicubic", align_corners=False)
+        state["visual_encoder.pos_embed"] = torch.cat([pos[:, :1], patches.flatten(2).transpose(1, 2)], 1)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected:
+        raise ValueError(f"{path}: unexpected BLIP entries {unexpected[:5]}")
+    random_init = [k for k in missing if not k.startswith("itm_local_head")]
+    if random_init:
+        print(f"CADA: {len(random_init)} tensors not in {path} stay randomly initialised, e.g. {random_init[:3]}")

@@ -1,0 +1,676 @@
+"""IVT — Implicit Visual-Textual framework.
+
+Shu et al., *See Finer, See More: Implicit Modality Alignment for Text-based Person Retrieval*,
+ECCV 2022 Workshops (arXiv 2208.08608). Spec: ``shared/specs/ivt.md``.
+
+One ViT-B/16 encodes both modalities: every block shares its LayerNorms and self-attention, only the
+MLP is duplicated into an image expert and a text expert (Eqs. 3-4). Images and texts still pass
+through it separately, so retrieval is a cosine lookup between the two [CLS] outputs (§2.8). Two
+training-only tricks add fine-grained alignment without annotations:
+
+* **MLA** (multi-level alignment, §2.7): three augmented views of each image are paired with the
+  sentence, one random clause (phrase level) and a random set of adjective/noun chunks (word level),
+  all inside one identity-aware CMPM loss (Eqs. 5-7);
+* **BMM** (bidirectional mask modelling, §2.4): up to ⌊rN⌋ image and text tokens are dropped before
+  the encoder, so the global features must match on the remaining, often less salient, cues.
+
+The optional "Pre" stage (§3.2, ALBEF-style ITC + ITM + MLM with a fusion encoder) is
+:class:`IVTPretrainer`; a model with ``pretrain=True`` starts from its (cached) encoder weights.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import DataConfig, ModelConfig, TrainConfig, config_hash, to_dict
+from ..losses import cmpm_loss, itc_loss, itm_loss, mam_loss
+from . import register_model
+from .base import TBPRModel
+
+
+# ----------------------------------------------------------------------------------------------
+# Config: the defaults are the paper profile; tbpr/configs/ivt.yaml shrinks them for the CPU.
+# ----------------------------------------------------------------------------------------------
+def _paper_train() -> TrainConfig:
+    # §4.1: SGD 0.9, lr 5e-3 (biases 2×, see IVTConfig.bias_lr_factor), wd 1e-4, 120 epochs,
+    # 5-epoch linear warm-up from 1 % of the lr, cosine to 1e-5, FP16 autocast.
+    return TrainConfig(epochs=120, optimizer="sgd", lr=5e-3, weight_decay=1e-4, momentum=0.9,
+                       schedule="cosine", warmup_epochs=5, warmup_factor=0.01, min_lr=1e-5,
+                       amp="fp16")
+
+
+def _paper_data() -> DataConfig:
+    # §4.1/§4.3: 7 identities × 4 pairs = 28 per GPU, pad-10 crop, flip, erasing 0.5, mean=std=0.5,
+    # three independently augmented views per image for MLA.
+    return DataConfig(image_size=(384, 128), batch_size=28, sampler="pk", num_instances=4,
+                      flip=True, pad_crop=10, random_erasing=0.5, mean=(0.5, 0.5, 0.5),
+                      std=(0.5, 0.5, 0.5), n_views=3, max_caption_len=100)
+
+
+@dataclass
+class IVTConfig(ModelConfig):
+    # unified encoder (ViT-B/16), §2.0 / §2.5
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    patch_size: int = 16
+    patch_stride: int = 16  # gap G1: 16 gives the paper's 166.45 M; the official scripts use 12
+    drop_path: float = 0.1
+    ln_eps: float = 1e-6
+    # BERT text embedding, Eq. (2)
+    vocab_size: int = 30522
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    text_dropout: float = 0.1
+    tokenizer: str | None = None  # BERT uncased WordPiece name/path; None = the offline copy
+    # initialisation (§2.6): timm / transformers name or local path; None = random init
+    pretrained_vit: str | None = "vit_base_patch16_224.orig_in21k_ft_in1k"
+    pretrained_bert: str | None = "bert-base-uncased"
+    # the paper's switches (Table 4, Fig. 5)
+    mla: bool = True
+    bmm: bool = True
+    mask_ratio: float = 0.3  # r of BMM (Fig. 5 best)
+    bmm_count: str = "uniform"  # gap G8: k ~ U{0..⌊rN⌋} (official) | "fixed" k = ⌊rN⌋
+    word_level: str = "nltk"  # gap G7: "nltk" adjective/noun chunks | "clause" random clauses
+    cmpm_q_norm: str = "l1"  # gap G5: "l1" (paper Eq. 6) | "l2" (official code)
+    bias_lr_factor: float = 2.0
+    # "Pre" (§3.2 / §4.2): start fine-tuning from a pre-trained IVT encoder
+    pretrain: bool = True
+    pretrain_checkpoint: str | None = None  # safetensors of a pre-trained IVT encoder
+    pretrain_corpus: str | None = None  # CUHK-format root or "synthpedes:<profile>:<seed>"
+    pretrain_epochs: int = 120  # not in the paper; the code reuses the fine-tuning solver
+    pretrain_batch_size: int = 48
+    pretrain_lr: float = 5e-3
+    fusion_layers: int = 6
+    mlm_ratio: float = 0.25
+    train: TrainConfig = field(default_factory=_paper_train)
+    data: DataConfig = field(default_factory=_paper_data)
+
+    @property
+    def patch_grid(self) -> tuple[int, int]:
+        (h, w), p, s = self.data.image_size, self.patch_size, self.patch_stride
+        return (h - p) // s + 1, (w - p) // s + 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Embeddings (modality-specific)
+# ----------------------------------------------------------------------------------------------
+class VisualEmbedding(nn.Module):
+    """Eq. (1): Z^v_0 = [c^v; E_p x_1; ...; E_p x_K] + E^v_pos + E^v_type."""
+
+    def __init__(self, cfg: IVTConfig):
+        super().__init__()
+        d = cfg.embed_dim
+        n_tokens = cfg.patch_grid[0] * cfg.patch_grid[1] + 1
+        self.patch_embed = nn.Conv2d(3, d, cfg.patch_size, cfg.patch_stride)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.pos_embed = nn.Parameter(torch.zeros(1, n_tokens, d))
+        self.type_embed = nn.Parameter(torch.zeros(1, n_tokens, d))  # gap G3: one row per position
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        patches = self.patch_embed(images).flatten(2).transpose(1, 2)  # row-major over the grid
+        cls = self.cls_token.expand(len(images), -1, -1)
+        return torch.cat([cls, patches], 1) + self.pos_embed + self.type_embed
+
+
+class TextEmbedding(nn.Module):
+    """Eq. (2): the BERT embedding layer, LN(W_word[t] + E_pos + E_type[0]) then dropout."""
+
+    def __init__(self, cfg: IVTConfig):
+        super().__init__()
+        d = cfg.embed_dim
+        self.word_embeddings = nn.Embedding(cfg.vocab_size, d, padding_idx=0)
+        self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, d)
+        self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, d)
+        self.LayerNorm = nn.LayerNorm(d, eps=1e-12)
+        self.dropout = nn.Dropout(cfg.text_dropout)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        x = (self.word_embeddings(input_ids) + self.position_embeddings(positions)
+             + self.token_type_embeddings.weight[0])  # always segment 0: the textual type embedding
+        return self.dropout(self.LayerNorm(x))
+
+
+# ----------------------------------------------------------------------------------------------
+# BMM: bidirectional mask modelling by token dropping (§2.4)
+# ----------------------------------------------------------------------------------------------
+def bmm_keep_index(n_tokens: int, ratio: float, count: str = "uniform",
+                   device=None) -> torch.Tensor:
+    """Indices of the tokens kept: [CLS] always, minus k random others, k ≤ ⌊ratio·n_tokens⌋."""
+    k_max = min(math.floor(ratio * n_tokens), n_tokens - 1)
+    if count == "uniform":
+        k = int(torch.randint(0, k_max + 1, ()).item())
+    elif count == "fixed":
+        k = k_max
+    else:
+        raise ValueError(f"IVTConfig.bmm_count={count!r}; use 'uniform' or 'fixed'")
+    dropped = torch.randperm(n_tokens - 1)[:k] + 1
+    keep = torch.ones(n_tokens, dtype=torch.bool)
+    keep[dropped] = False
+    return keep.nonzero().squeeze(1).to(device)
+
+
+# ----------------------------------------------------------------------------------------------
+# Unified visual-textual encoder (§2.5): shared LN + MSA, modality-specific MLP experts
+# ----------------------------------------------------------------------------------------------
+def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: drop the whole residual branch of a sample with probability p."""
+    if p == 0.0 or not training:
+        return x
+    keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1 - p)
+    return x * keep / (1 - p)
+
+
+class MultiHeadSelfAttention(nn.Module):
+    """MSA(X; a) = Concat_h softmax(Q_h K_h^T / sqrt(d_h) + β) V_h · W_O, β = -1e4 on padding keys."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, key_bias: torch.Tensor | None = None) -> torch.Tensor:
+        n, t, d = x.shape
+        q, k, v = self.qkv(x).view(n, t, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+        mask = None if key_bias is None else key_bias[:, None, None, :].to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(out.transpose(1, 2).reshape(n, t, d))
+
+
+class Mlp(nn.Module):
+    """MLP(u) = W_2 GELU(W_1 u + b_1) + b_2 (exact erf GELU)."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class IVTBlock(nn.Module):
+    """Eqs. (3)-(4): U = Z + MSA(LN1(Z)); Z' = U + MLP^m(LN2(U)), m ∈ {img, txt}."""
+
+    def __init__(self, cfg: IVTConfig, drop_path_rate: float):
+        super().__init__()
+        d, hidden = cfg.embed_dim, int(cfg.embed_dim * cfg.mlp_ratio)
+        self.norm1 = nn.LayerNorm(d, eps=cfg.ln_eps)  # shared
+        self.attn = MultiHeadSelfAttention(d, cfg.num_heads)  # shared
+        self.norm2 = nn.LayerNorm(d, eps=cfg.ln_eps)  # shared
+        self.mlp_img = Mlp(d, hidden)  # the paper's "Img" expert
+        self.mlp_txt = Mlp(d, hidden)  # the paper's "Txt" expert
+        self.drop_path_rate = drop_path_rate
+
+    def forward(self, x, modality: str, key_bias=None, n_image_tokens: int | None = None):
+        """``modality`` "img" or "txt"; "joint" routes the first ``n_image_tokens`` to the image
+        expert and the rest to the text expert (the single-stream cross-encoder of Table 5)."""
+        x = x + drop_path(self.attn(self.norm1(x), key_bias), self.drop_path_rate, self.training)
+        h = self.norm2(x)
+        if modality == "img":
+            h = self.mlp_img(h)
+        elif modality == "txt":
+            h = self.mlp_txt(h)
+        else:
+            h = torch.cat([self.mlp_img(h[:, :n_image_tokens]), self.mlp_txt(h[:, n_image_tokens:])], 1)
+        return x + drop_path(h, self.drop_path_rate, self.training)
+
+
+# ----------------------------------------------------------------------------------------------
+# MLA texts (§2.7): phrase level and word level, re-sampled every iteration
+# ----------------------------------------------------------------------------------------------
+PERSON_WORDS = frozenset("""man woman person lady girl boy guy he she people picture image photo
+pedestrian child kid male female gentleman individual someone adult teenager men women""".split())
+# adjectives / participles then nouns: "black pants", "white striped shirt", "shoulder bag". VBG is
+# left out of the spec's tag set so that "wearing black pants" gives "black pants", not the verb.
+ATTRIBUTE_GRAMMAR = r"ATT: {<JJ.*|VBN>*<NN.*>+}"
+
+
+@lru_cache(maxsize=200_000)
+def phrase_candidates(caption: str) -> tuple[str, ...]:
+    """Phrase-level texts: per sentence, the longest comma clause and the rest re-joined (> 5 chars)."""
+    text = caption.lower().strip().strip(".[]")
+    pool = []
+    for sentence in text.split("."):
+        clauses = sentence.split(",")
+        longest = max(range(len(clauses)), key=lambda i: (len(clauses[i]), -i))
+        rest = ",".join(c for i, c in enumerate(clauses) if i != longest).strip(",")
+        pool += [c.strip() for c in (clauses[longest], rest) if len(c.strip()) > 5]
+    return tuple(pool) or (caption,)
+
+
+@lru_cache(maxsize=200_000)
+def attribute_phrases(caption: str) -> tuple[str, ...]:
+    """Word-level texts: NLTK-chunked adjective/noun phrases ("black pants", "red backpack") whose
+    head noun is not a generic person word, de-duplicated in caption order."""
+    from ..data.text import chunk
+    chunks = (text.lower() for _, _, text in chunk(caption, ATTRIBUTE_GRAMMAR))
+    return tuple(dict.fromkeys(c for c in chunks if c.split()[-1] not in PERSON_WORDS))
+
+
+def _random_subset(items) -> list:
+    """q ~ U{1..len(items)} items without replacement, in random order."""
+    q = int(torch.randint(1, len(items) + 1, ()).item())
+    return [items[i] for i in torch.randperm(len(items))[:q].tolist()]
+
+
+def phrase_level_text(caption: str) -> str:
+    pool = phrase_candidates(caption)
+    return pool[int(torch.randint(len(pool), ()).item())]
+
+
+def word_level_text(caption: str, mode: str = "nltk") -> str:
+    if mode == "nltk":
+        chunks = attribute_phrases(caption)
+    elif mode == "clause":  # the official ICFG/RSTPReid behaviour: random comma clauses
+        chunks = tuple(c.strip() for c in re.split(r"[.,]", caption) if c.strip())
+    else:
+        raise ValueError(f"IVTConfig.word_level={mode!r}; use 'nltk' or 'clause'")
+    if not chunks:
+        return phrase_level_text(caption)
+    return ", ".join(_random_subset(chunks))
+
+
+# ----------------------------------------------------------------------------------------------
+# The model
+# ----------------------------------------------------------------------------------------------
+@lru_cache(maxsize=4)
+def _tokenizer(name_or_path: str | None):
+    from ..data.text import bert_tokenizer
+    return bert_tokenizer(name_or_path)
+
+
+@register_model("ivt", IVTConfig)
+class IVT(TBPRModel):
+    """Implicit Visual-Textual framework: one encoder, two embedders, two MLP experts per block."""
+
+    def __init__(self, cfg: IVTConfig):
+        super().__init__(cfg)
+        self.visual_embed = VisualEmbedding(cfg)
+        self.text_embed = TextEmbedding(cfg)
+        rates = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
+        self.blocks = nn.ModuleList(IVTBlock(cfg, r) for r in rates)
+        self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.ln_eps)  # final LN_f, shared
+        self.apply(_init_weights)
+        nn.init.trunc_normal_(self.visual_embed.cls_token, std=0.02)
+        nn.init.trunc_normal_(self.visual_embed.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.visual_embed.type_embed, std=0.02)
+        if self.visual_embed.cls_token.is_meta:
+            return  # counting parameters: nothing to load
+        if cfg.pretrained_vit or cfg.pretrained_bert:
+            load_vit_bert(self, cfg.pretrained_vit, cfg.pretrained_bert)
+        if cfg.pretrain:
+            load_pretrained_encoder(self, ensure_pretrained(cfg))
+
+    # -- tokens ---------------------------------------------------------------------------------
+    def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """[CLS] t_1..t_M [SEP], padded to the longest text, truncated to data.max_caption_len."""
+        if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
+            raise ValueError("IVT.tokenize: every caption must be a non-empty string")
+        enc = _tokenizer(self.cfg.tokenizer)([t.lower() for t in texts], padding="longest",
+                                              truncation=True, max_length=self.cfg.data.max_caption_len,
+                                              return_tensors="pt")
+        return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+
+    def encode_tokens(self, z: torch.Tensor, modality: str, attention_mask=None) -> torch.Tensor:
+        """Shared encoder over embedded tokens; BMM drops tokens first in training (§2.4).
+        Returns Ẑ = LN_f(Z_L), [n, N - k, D] (the [CLS] output at index 0)."""
+        if self.training and self.cfg.bmm and self.cfg.mask_ratio > 0:
+            keep = bmm_keep_index(z.shape[1], self.cfg.mask_ratio, self.cfg.bmm_count, z.device)
+            z = z[:, keep]
+            attention_mask = None if attention_mask is None else attention_mask[:, keep]
+        key_bias = None if attention_mask is None else (1.0 - attention_mask.float()) * -1e4
+        for block in self.blocks:
+            z = block(z, modality, key_bias)
+        return self.norm(z)
+
+    def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        return self.encode_tokens(self.visual_embed(images), "img")
+
+    def text_tokens(self, texts: list[str]) -> torch.Tensor:
+        ids, mask = self.tokenize(texts)
+        return self.encode_tokens(self.text_embed(ids), "txt", mask)
+
+    # -- the contract ---------------------------------------------------------------------------
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        return self.image_tokens(images)[:, 0]  # f_img: visual [CLS] after LN_f
+
+    def encode_texts(self, captions: list[str]) -> torch.Tensor:
+        return self.text_tokens(list(captions))[:, 0]  # f_txt
+
+    def similarity(self, text_feats, image_feats) -> torch.Tensor:
+        return F.normalize(text_feats.float(), dim=-1) @ F.normalize(image_feats.float(), dim=-1).T
+
+    def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
+        images, pids, captions = batch["images"], batch["pids"].to(self.device), list(batch["captions"])
+        if self.cfg.mla:  # §2.7: view 1 ↔ word level, view 2 ↔ phrase level, view 3 ↔ sentence
+            if images.dim() != 5 or images.shape[1] != 3:
+                raise ValueError("IVT with mla=True needs three augmented views per image: "
+                                 f"set data.n_views=3 (got images of shape {tuple(images.shape)})")
+            images = torch.cat(images.unbind(1))
+            texts = ([word_level_text(c, self.cfg.word_level) for c in captions]
+                     + [phrase_level_text(c) for c in captions] + captions)
+            pids = pids.repeat(3)
+        else:
+            images = images[:, -1] if images.dim() == 5 else images
+            texts = captions
+        f_img = self.encode_images(images.to(self.device))
+        f_txt = self.encode_texts(texts)
+        with torch.autocast(self.device.type, enabled=False):  # CMPM in fp32 (gap G24)
+            loss = cmpm_loss(f_img.float(), f_txt.float(), pids, q_norm=self.cfg.cmpm_q_norm)  # Eq. (7)
+        return {"loss": loss, "cmpm": loss.detach()}
+
+    def param_groups(self) -> list[dict]:
+        """``train.lr_mult`` prefixes as in the base class, and biases at ``bias_lr_factor``× (§4.1)."""
+        mults = dict(self.cfg.train.lr_mult or {})
+        groups: dict[float, list] = {}
+        for name, p in self.named_parameters():
+            if p.requires_grad:
+                mult = next((m for prefix, m in mults.items() if name.startswith(prefix)), 1.0)
+                mult *= self.cfg.bias_lr_factor if name.endswith("bias") else 1.0
+                groups.setdefault(float(mult), []).append(p)
+        return [{"params": ps, "lr_mult": m} for m, ps in groups.items()]
+
+    # -- internals for the figures ----------------------------------------------------------------
+    @torch.no_grad()
+    def alignment_maps(self, images: torch.Tensor, texts: list[str]) -> torch.Tensor:
+        """Figs. 4/6: cos(f_txt, Ẑ^v_k) for every patch token k, as [n, h, w] grids (§7)."""
+        patches = self.image_tokens(images.to(self.device))[:, 1:]
+        f_txt = self.encode_texts(texts)
+        sim = torch.einsum("nkd,nd->nk", F.normalize(patches, dim=-1), F.normalize(f_txt, dim=-1))
+        return sim.view(len(texts), *self.cfg.patch_grid)
+
+    @torch.no_grad()
+    def cross_encoder_scores(self, images: torch.Tensor, texts: list[str],
+                             itm_head: nn.Linear) -> torch.Tensor:
+        """Table 5's alternative: score each (image, text) pair jointly in one sequence through the
+        same blocks (ViLT-style single stream). Returns the ITM logit of "match" per pair."""
+        z_img = self.visual_embed(images.to(self.device))
+        ids, mask = self.tokenize(texts)
+        z = torch.cat([z_img, self.text_embed(ids)], 1)
+        joint_mask = torch.cat([mask.new_ones(len(texts), z_img.shape[1]), mask], 1)
+        key_bias = (1.0 - joint_mask.float()) * -1e4
+        for block in self.blocks:
+            z = block(z, "joint", key_bias, n_image_tokens=z_img.shape[1])
+        return itm_head(self.norm(z)[:, 0])[:, 1]
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, (nn.Linear, nn.Conv2d, nn.Embedding)):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if getattr(module, "bias", None) is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+# ----------------------------------------------------------------------------------------------
+# Initialisation from ImageNet ViT-B/16 + BERT (§2.6)
+# ----------------------------------------------------------------------------------------------
+def _state_dict(source: str, kind: str) -> dict[str, torch.Tensor]:
+    path = Path(source)
+    if path.is_file():
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return state.get("model", state.get("state_dict", state))
+    try:
+        if kind == "vit":
+            import timm
+            return timm.create_model(source, pretrained=True).state_dict()
+        from transformers import BertModel
+        return BertModel.from_pretrained(source).state_dict()
+    except Exception as err:
+        raise RuntimeError(
+            f"IVT: could not load the {kind} weights {source!r} ({err}). Pass a local file/folder "
+            f"as pretrained_{kind}=<path>, or pretrained_{kind}=null for random initialisation") from err
+
+
+def _resize_pos_embed(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Class row copied, the square ViT grid bilinearly resized to the person grid h×w."""
+    cls, patches = pos[:, :1], pos[:, 1:]
+    side = int(math.isqrt(patches.shape[1]))
+    patches = patches.reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    patches = F.interpolate(patches, size=grid, mode="bilinear", align_corners=False)
+    return torch.cat([cls, patches.permute(0, 2, 3, 1).flatten(1, 2)], 1)
+
+
+def load_vit_bert(model: IVT, vit: str | None, bert: str | None) -> None:
+    """ViT → patch conv, c^v, E^v_pos, shared LN/MSA, image MLPs, LN_f; BERT → text embedding and
+    the text MLPs (intermediate.dense / output.dense). BERT's own attention and LNs are discarded."""
+    target = {}
+    if vit:
+        sd = _state_dict(vit, "vit")
+        target["visual_embed.patch_embed.weight"] = sd["patch_embed.proj.weight"]
+        target["visual_embed.patch_embed.bias"] = sd["patch_embed.proj.bias"]
+        target["visual_embed.cls_token"] = sd["cls_token"]
+        target["visual_embed.pos_embed"] = _resize_pos_embed(sd["pos_embed"], model.cfg.patch_grid)
+        target["norm.weight"], target["norm.bias"] = sd["norm.weight"], sd["norm.bias"]
+        for i in range(model.cfg.depth):
+            for ours, theirs in (("norm1", "norm1"), ("attn.qkv", "attn.qkv"), ("attn.proj", "attn.proj"),
+                                 ("norm2", "norm2"), ("mlp_img.fc1", "mlp.fc1"), ("mlp_img.fc2", "mlp.fc2")):
+                for p in ("weight", "bias"):
+                    target[f"blocks.{i}.{ours}.{p}"] = sd[f"blocks.{i}.{theirs}.{p}"]
+    if bert:
+        sd = {k.removeprefix("bert."): v for k, v in _state_dict(bert, "bert").items()}
+        for name in ("word_embeddings.weight", "position_embeddings.weight",
+                     "token_type_embeddings.weight", "LayerNorm.weight", "LayerNorm.bias"):
+            target[f"text_embed.{name}"] = sd[f"embeddings.{name}"]
+        for i in range(model.cfg.depth):
+            for ours, theirs in (("fc1", "intermediate.dense"), ("fc2", "output.dense")):
+                for p in ("weight", "bias"):
+                    target[f"blocks.{i}.mlp_txt.{ours}.{p}"] = sd[f"encoder.layer.{i}.{theirs}.{p}"]
+    own = model.state_dict()
+    bad = [k for k, v in target.items() if own[k].shape != v.shape]
+    if bad:
+        raise ValueError(f"IVT: pretrained shapes do not match the config at {bad[:3]}; "
+                         f"use a checkpoint with embed_dim={model.cfg.embed_dim}, depth={model.cfg.depth}")
+    model.load_state_dict(target, strict=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# "Pre": ALBEF-style pre-training of the encoder (§3.2), cached per pre-training config
+# ----------------------------------------------------------------------------------------------
+class FusionLayer(nn.Module):
+    """BERT-style fusion layer: text self-attention → cross-attention to visual tokens → FFN."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
+        self.cross_attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
+        self.ffn = Mlp(dim, int(dim * mlp_ratio))
+        self.norm1, self.norm2, self.norm3 = (nn.LayerNorm(dim, eps=1e-12) for _ in range(3))
+
+    def forward(self, t, t_pad, v):
+        t = self.norm1(t + self.self_attn(t, t, t, key_padding_mask=t_pad, need_weights=False)[0])
+        t = self.norm2(t + self.cross_attn(t, v, v, need_weights=False)[0])
+        return self.norm3(t + self.ffn(t))
+
+
+class IVTPretrainer(TBPRModel):
+    """The IVT encoder (without BMM) + fusion encoder F + ITM head + MLM head + temperature τ.
+    Each pre-training image is its own identity (``batch["image_idx"]``)."""
+
+    name = "ivt_pretrain"
+
+    def __init__(self, cfg: IVTConfig):
+        super().__init__(cfg)
+        self.encoder = IVT(pretrain_stage_config(cfg))
+        d = cfg.embed_dim
+        self.fusion = nn.ModuleList(FusionLayer(d, cfg.num_heads, cfg.mlp_ratio)
+                                    for _ in range(cfg.fusion_layers))
+        self.itm_head = nn.Linear(d, 2)
+        self.mlm_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d, eps=1e-12),
+                                      nn.Linear(d, cfg.vocab_size))
+        self.temp = nn.Parameter(torch.tensor(0.5))
+        self.fusion.apply(_init_weights)
+        self.mlm_head.apply(_init_weights)
+        self.itm_head.apply(_init_weights)
+
+    def fuse(self, t, t_mask, v):
+        for layer in self.fusion:
+            t = layer(t, t_mask == 0, v)
+        return t
+
+    def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
+        enc, dev = self.encoder, self.device
+        images = batch["images"][:, 0] if batch["images"].dim() == 5 else batch["images"]
+        ids, mask = enc.tokenize(list(batch["captions"]))
+        same = batch["image_idx"].to(dev)
+        same = same[:, None] == same[None, :]
+        v = enc.image_tokens(images.to(dev))
+        t = enc.encode_tokens(enc.text_embed(ids), "txt", mask)
+        temp = self.temp.clamp(0.01, 1.0)
+        sim = F.normalize(v[:, 0], dim=-1) @ F.normalize(t[:, 0], dim=-1).T / temp  # gap G16
+        loss_itc = itc_loss(sim, same)
+        # ITM with one hard negative image per text and one hard negative text per image
+        with torch.no_grad():
+            w_i2t = (sim.softmax(1) + 1e-4).masked_fill(same, 0)
+            w_t2i = (sim.T.softmax(1) + 1e-4).masked_fill(same, 0)
+            neg_text = torch.multinomial(w_i2t, 1).squeeze(1)
+            neg_image = torch.multinomial(w_t2i, 1).squeeze(1)
+        t_all = torch.cat([t, t[neg_text], t])
+        m_all = torch.cat([mask, mask[neg_text], mask])
+        v_all = torch.cat([v, v, v[neg_image]])
+        itm_logits = self.itm_head(self.fuse(t_all, m_all, v_all)[:, 0])
+        itm_labels = torch.cat([torch.ones(len(t)), torch.zeros(2 * len(t))]).long().to(dev)
+        loss_itm = itm_loss(itm_logits, itm_labels)
+        # MLM: masked caption through the encoder, fused with the un-masked image
+        masked_ids, labels = mask_words(ids, mask, self.cfg.mlm_ratio, _tokenizer(self.cfg.tokenizer))
+        t_masked = enc.encode_tokens(enc.text_embed(masked_ids), "txt", mask)
+        predicted = labels != -100
+        logits = self.mlm_head(self.fuse(t_masked, mask, v)[predicted])
+        loss_mlm = mam_loss(logits, labels[predicted])  # MLM: cross-entropy over masked tokens
+        loss = loss_itc + loss_itm + loss_mlm
+        return {"loss": loss, "itc": loss_itc.detach(), "itm": loss_itm.detach(),
+                "mlm": loss_mlm.detach()}
+
+
+def mask_words(ids: torch.Tensor, mask: torch.Tensor, ratio: float, tokenizer,
+               max_masked: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Whole-word masking of ≈ratio of each caption's words (1..max_masked; with prob. 0.2 a
+    2-3-word span); chosen pieces → [MASK] 80 %, random token 10 %, unchanged 10 %.
+    Returns (masked ids, labels with -100 where nothing is predicted)."""
+    masked, labels = ids.clone(), torch.full_like(ids, -100)
+    special = {tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id}
+    for row in range(len(ids)):
+        pieces = [j for j in range(ids.shape[1]) if mask[row, j] and int(ids[row, j]) not in special]
+        words = []  # a word = its first piece and the following "##" pieces
+        for j in pieces:
+            token = tokenizer.convert_ids_to_tokens(int(ids[row, j]))
+            if words and token.startswith("##"):
+                words[-1].append(j)
+            else:
+                words.append([j])
+        if not words:
+            continue
+        n = max(1, min(max_masked, round(ratio * len(words))))
+        if torch.rand(()) < 0.2 and len(words) >= 2:
+            span = int(torch.randint(2, 4, ()).item())
+            start = int(torch.randint(0, max(len(words) - span, 0) + 1, ()).item())
+            chosen = words[start:start + span]
+        else:
+            chosen = [words[i] for i in torch.randperm(len(words))[:n].tolist()]
+        for j in (j for word in chosen for j in word):
+            labels[row, j] = ids[row, j]
+            u = float(torch.rand(()))
+            if u < 0.8:
+                masked[row, j] = tokenizer.mask_token_id
+            elif u < 0.9:
+                masked[row, j] = int(torch.randint(1000, len(tokenizer), ()))  # skip [unused*]
+    return masked, labels
+
+
+def pretrain_stage_config(cfg: IVTConfig) -> IVTConfig:
+    """The encoder as pre-trained: same architecture and initialisation, no BMM, no recursion."""
+    from ..config import apply_overrides
+    return apply_overrides(cfg, {"pretrain": False, "bmm": False, "mla": False,
+                                 "train": {"epochs": cfg.pretrain_epochs, "lr": cfg.pretrain_lr},
+                                 "data": {"n_views": 1, "batch_size": cfg.pretrain_batch_size,
+                                          "sampler": "random"}})
+
+
+def _pretrain_key(cfg: IVTConfig) -> str:
+    """Only what changes the pre-trained weights: architecture, initialisation, corpus, recipe."""
+    stage = to_dict(pretrain_stage_config(cfg))
+    for switch in ("mask_ratio", "bmm_count", "word_level", "cmpm_q_norm", "pretrain_checkpoint"):
+        stage.pop(switch)
+    return config_hash(stage)
+
+
+def _corpus_records(spec: str) -> list:
+    from ..data.formats import load
+    if spec.startswith("synthpedes:"):
+        from ..data.synthetic import ensure
+        _, profile, seed = spec.split(":")
+        return load("synthpedes", ensure(profile, seed=int(seed)))["train"]
+    if not Path(spec).exists():
+        raise FileNotFoundError(f"IVT pretrain_corpus={spec!r} does not exist; give a CUHK-PEDES-format "
+                                "root or 'synthpedes:<profile>:<seed>'")
+    return load("cuhk-pedes", spec)["train"]
+
+
+@contextmanager
+def _preserved_rng():
+    import random
+    import numpy as np
+    states = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        yield
+    random.setstate(states[0])
+    np.random.set_state(states[1])
+
+
+def ensure_pretrained(cfg: IVTConfig) -> Path:
+    """Path of the pre-trained encoder weights: ``pretrain_checkpoint`` if given, else the cached
+    result of pre-training on ``pretrain_corpus`` (trained here on first use)."""
+    if cfg.pretrain_checkpoint:
+        path = Path(cfg.pretrain_checkpoint)
+        if not path.exists():
+            raise FileNotFoundError(f"IVT pretrain_checkpoint={str(path)!r} does not exist")
+        return path
+    if not cfg.pretrain_corpus:
+        raise ValueError("IVT with pretrain=True needs pretrain_checkpoint=<safetensors of a pre-trained "
+                         "IVT encoder> or pretrain_corpus=<CUHK-format root | 'synthpedes:<profile>:<seed>'>"
+                         " to pre-train here; or set pretrain=False")
+    cache = Path(os.environ.get("TBPR_CACHE", Path.home() / ".cache" / "tbpr"))
+    path = cache / "ivt_pretrain" / _pretrain_key(cfg) / "encoder.safetensors"
+    if not path.exists():
+        from safetensors.torch import save_file
+        from ..data.datasets import build_train_loader
+        from ..engine import fit
+        stage = pretrain_stage_config(cfg)
+        with _preserved_rng():  # a cache miss must not change the fine-tuning run's random stream
+            pretrainer = IVTPretrainer(stage)
+            loader = build_train_loader(_corpus_records(cfg.pretrain_corpus), stage.data, seed=0)
+            fit(pretrainer, loader, stage.train, seed=0, progress=False)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file({k: v.contiguous() for k, v in pretrainer.encoder.state_dict().items()}, str(tmp))
+        tmp.replace(path)
+    return path
+
+
+def load_pretrained_encoder(model: IVT, path: Path) -> None:
+    """Copy every pre-trained parameter whose name and shape match (§4.2)."""
+    from safetensors.torch import load_file
+    own = model.state_dict()
+    loaded = {k: v for k, v in load_file(str(path)).items() if k in own and own[k].shape == v.shape}
+    if not loaded:
+        raise ValueError(f"IVT: no parameter of {path} matches this config; was it pre-trained with "
+                         "the same embed_dim/depth?")
+    model.load_state_dict(loaded, strict=False)
