@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .evaluate import retrieval_metrics
+from .config import PROFILES
+from .evaluate import _concat, _EvalMode, retrieval_metrics
+from .models import _lookup, available_models, create_model
 
 CUHK_QUERIES, CUHK_GALLERY, CUHK_IDS = 6156, 3074, 1000  # CUHK-PEDES test split
 WORDS = ("a man woman wearing black white red blue green grey dark light shirt jacket coat pants "
@@ -164,8 +166,6 @@ def random_captions(n: int, seed=0, length=(12, 30)) -> list[str]:
 
 
 def _build_model(name: str, profile: str, device):
-    from .models import _lookup, create_model
-
     model_cls, _ = _lookup(name)
     extra = {}
     if "vocab" in getattr(model_cls, "init_kwargs", ()):
@@ -215,8 +215,6 @@ def _timed(fn, device):
 
 def _time_inference(model, cfg, device, num_images: int, num_captions: int, batch_size=64) -> dict:
     """Seconds per image, per caption and per query×gallery score, measured on a subset."""
-    from .evaluate import _EvalMode, _concat
-
     H, W = cfg.data.image_size
     images = torch.randn(num_images, 3, H, W)
     captions = random_captions(num_captions, seed=1)
@@ -289,9 +287,6 @@ def markdown_table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``tbpr bench eval|<model>|all [--profile P] [--device D]``: prints Markdown tables."""
-    from .config import PROFILES
-    from .models import available_models
-
     parser = argparse.ArgumentParser(prog="tbpr bench", description=__doc__)
     parser.add_argument("target", help="'eval', a model name, or 'all' (eval + every model)")
     parser.add_argument("--profile", default="quick", choices=PROFILES)
@@ -300,13 +295,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="eval benchmark repeats (best kept)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads for the eval benchmark (0 = leave torch's default)")
+    parser.add_argument("--queries", type=int, default=CUHK_QUERIES, help="eval benchmark queries")
+    parser.add_argument("--gallery", type=int, default=CUHK_GALLERY, help="eval benchmark gallery size")
+    parser.add_argument("--ids", type=int, default=CUHK_IDS, help="eval benchmark identities")
     args = parser.parse_args(argv)
     models = available_models()
     if args.target not in ("eval", "all", *models):
         parser.error(f"unknown target {args.target!r}; choose 'eval', 'all' or a model: {models}")
     if args.target in ("eval", "all"):
-        result = bench_eval(repeats=args.repeats, device=args.device, threads=args.threads or None,
-                            verbose=False)
+        result = bench_eval(args.queries, args.gallery, args.ids, repeats=args.repeats,
+                            device=args.device, threads=args.threads or None, verbose=False)
         print(markdown_table([_eval_row(result)]) + "\n")
     targets = models if args.target == "all" else [] if args.target == "eval" else [args.target]
     rows = [_model_row(bench_model(name, args.profile, train_steps=args.train_steps,

@@ -154,7 +154,8 @@ def retrieval_metrics(similarity: Similarity, query_pids, gallery_pids, *, ks=(1
     ``f(rows: slice) -> [rows, G]`` that scores a block of queries (so a CUHK-PEDES-sized problem
     never materialises more than ``chunk_size`` x G scores). Scoring runs on the block's device.
 
-    Ties: stable descending sort, so among equal scores the lower gallery index ranks first.
+    Ties: ranks are those of a stable descending sort, so among equal scores the lower gallery
+    index ranks first (computed by counting, per positive, the items ranked above it).
 
     Re-ranking (CADA, MIA): with ``rerank`` set, each query's first-stage top-``rerank_k`` gallery
     indices are re-ordered by ``rerank(query_idx [q], topk_idx [q, k]) -> scores [q, k]`` (one call
@@ -170,7 +171,8 @@ def retrieval_metrics(similarity: Similarity, query_pids, gallery_pids, *, ks=(1
     Image-to-text: ``retrieval_metrics(sim.T, gallery_pids, query_pids)`` (see ``i2t_metrics``).
 
     Returns ``{"R1", "R5", "R10", "mAP", "mINP", "mAP_trapz", "num_queries", "num_excluded"}``
-    (keys ``R<k>`` follow ``ks``; ``mAP_trapz`` is the trapezoid AP of the papers' official code).
+    (+ ``"HMR1", "hmr_num_queries"`` with ``source_index``); keys ``R<k>`` follow ``ks``;
+    ``mAP_trapz`` is the trapezoid AP of the papers' official code (IVT's Table 4 uses it).
     """
     ks = tuple(int(k) for k in ks)
     if not ks or min(ks) < 1:
@@ -336,7 +338,7 @@ def score_features(model, text_feats, image_feats, query_pids, gallery_pids, *, 
                          "use rerank_k=0")
     with _EvalMode(model):
         return retrieval_metrics(similarity, query_pids, gallery_pids, chunk_size=chunk_size,
-                                 rerank=rerank if rerank_k > 0 else None, rerank_k=max(rerank_k, 1),
+                                 rerank=rerank if rerank_k > 0 else None, rerank_k=rerank_k,
                                  **kwargs)
 
 

@@ -21,6 +21,7 @@ Spec: ``shared/specs/mia.md``; the "Decision" notes there resolve what the paper
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -234,25 +235,10 @@ class MIA(TBPRModel):
                 raise ValueError("MIA got an empty caption; drop it from the records or give it text")
             max_len = self.cfg.data.max_caption_len
             sentence = self.vocab.encode(caption, max_len)
-            encoded = [(span, self.vocab.encode(span[2], max_len)) for span in self._phrase_spans(caption)]
+            encoded = [(span, self.vocab.encode(span[2], max_len)) for span in caption_phrases(caption, self.cfg.phrases)]
             encoded = [(span, ids) for span, ids in encoded if ids] or [((0, len(caption), caption), sentence)]
             self._text_cache[caption] = (sentence, [ids for _, ids in encoded], [span for span, _ in encoded])
         return self._text_cache[caption]
-
-    def _phrase_spans(self, caption: str) -> list[tuple[int, int, str]]:
-        """Noun phrases (spec 4.4, leading determiner dropped) or every word (Table VI)."""
-        from ..data.text import noun_phrases, word_tokenize
-        if self.cfg.phrases == "all_words":
-            return [(-1, -1, w) for w in word_tokenize(caption) if any(ch.isalnum() for ch in w)]
-        spans = []
-        for start, end, text in noun_phrases(caption):
-            head, _, rest = text.partition(" ")
-            if head.lower() in DETERMINERS and rest:
-                start, text = start + len(head) + 1, rest
-            elif head.lower() in DETERMINERS:
-                continue
-            spans.append((start, end, text))
-        return spans
 
     def phrases_of(self, caption: str) -> list[tuple[int, int, str]]:
         """(char start, char end, text) of the phrases the model encodes for ``caption``, in the
@@ -447,6 +433,24 @@ class MIA(TBPRModel):
                 losses[names[key]] = sum_of_hinges(scores[key].T, image_ids, cfg.margin)
         losses["loss"] = sum(losses.values())
         return losses
+
+
+@functools.lru_cache(maxsize=None)
+def caption_phrases(caption: str, mode: str = "noun_phrases") -> tuple[tuple[int, int, str], ...]:
+    """The "phrases" of a caption (char start, char end, text): its noun phrases (spec 4.4, NLTK
+    grammar, leading determiner dropped) or, for Table VI, every word (start = end = -1)."""
+    from ..data.text import noun_phrases, word_tokenize
+    if mode == "all_words":
+        return tuple((-1, -1, w) for w in word_tokenize(caption))
+    spans = []
+    for start, end, text in noun_phrases(caption):
+        head, _, rest = text.partition(" ")
+        if head.lower() in DETERMINERS:
+            if not rest:
+                continue
+            start, text = start + len(head) + 1, rest
+        spans.append((start, end, text))
+    return tuple(spans)
 
 
 def _as_vocabulary(vocab):
