@@ -132,7 +132,11 @@ def _train(model, records, cfg, run_dir: Path, seed: int, device: str, progress:
 def run(model: str, profile: str = "quick", overrides: dict | None = None, *,
         dataset: str = "synthpedes", data_root=None, seed: int = 0, device: str = "cpu",
         rerank_k: int = 0, cache: bool = True, progress: bool = True) -> Result:
-    """Train ``model`` at ``profile`` (+ ``overrides``) on ``dataset`` and evaluate on its test split."""
+    """Train ``model`` at ``profile`` (+ ``overrides``) on ``dataset`` and evaluate on its test split.
+
+    Training and evaluation are cached separately: a run evaluated under another protocol (e.g.
+    ``rerank_k=32`` after ``rerank_k=0``) reuses the trained checkpoint.
+    """
     from .engine import seed_everything
     from .evaluate import evaluate
 
@@ -140,26 +144,31 @@ def run(model: str, profile: str = "quick", overrides: dict | None = None, *,
     root = resolve_data_root(dataset, data_root, profile)
     spec = {"model": model, "profile": profile, "overrides": overrides or {},
             "config": to_dict(cfg), "dataset": dataset, "data_root": str(root), "seed": seed,
-            "rerank_k": rerank_k, "device": str(device).split(":")[0], "code": code_version()}
+            "device": str(device).split(":")[0], "code": code_version()}
     key = f"{model}-{profile}-{config_hash(spec)}"
     run_dir = cache_dir() / "experiments" / key
-    result_path = run_dir / "result.json"
+    result_path = run_dir / (f"result-rerank{rerank_k}.json" if rerank_k else "result.json")
+    trained_path = run_dir / "trained.json"
     if cache and result_path.exists():
         return Result.read(result_path)
 
     records = load_records(dataset, root)
-    seed_everything(seed)
-    net = build_model(model, cfg, records["train"]).to(device)
-    start = time.perf_counter()
-    history = _train(net, records, net.cfg, run_dir, seed, device, progress)
-    train_seconds = time.perf_counter() - start
+    if cache and trained_path.exists():
+        trained = json.loads(trained_path.read_text())
+        net = Result(key, spec, {}, [], 0.0, 0.0, str(run_dir)).load_model(device)
+    else:
+        seed_everything(seed)
+        net = build_model(model, cfg, records["train"]).to(device)
+        start = time.perf_counter()
+        history = _train(net, records, net.cfg, run_dir, seed, device, progress)
+        trained = {"history": history, "train_seconds": time.perf_counter() - start}
+        trained_path.write_text(json.dumps(trained, default=str))
     start = time.perf_counter()
     metrics = evaluate(net, records["test"], net.cfg.data, device=device, rerank_k=rerank_k,
                        progress=progress)
-    result = Result(key=key, spec=spec, metrics=metrics, history=history,
-                    train_seconds=train_seconds, eval_seconds=time.perf_counter() - start,
-                    run_dir=str(run_dir))
-    run_dir.mkdir(parents=True, exist_ok=True)
+    result = Result(key=key, spec={**spec, "rerank_k": rerank_k}, metrics=metrics,
+                    history=trained["history"], train_seconds=trained["train_seconds"],
+                    eval_seconds=time.perf_counter() - start, run_dir=str(run_dir))
     result.save(result_path)
     return result
 

@@ -3,7 +3,7 @@ import pytest
 
 from tbpr import experiments
 
-import toymodel  # noqa: F401  (registers "toy")
+import toymodel  # registers "toy"
 
 
 def _run(**kw):
@@ -59,3 +59,13 @@ def test_run_many_groups_results_by_row(smoke_root):
 def test_real_dataset_without_root_is_a_clear_error():
     with pytest.raises(ValueError, match="needs data_root"):
         experiments.run("toy", "paper", dataset="cuhk-pedes")
+
+
+def test_another_eval_protocol_reuses_the_trained_checkpoint(smoke_root, monkeypatch):
+    first = _run(root=smoke_root, seed=0)
+    monkeypatch.setattr(experiments, "_train", lambda *a, **k: pytest.fail("retrained"))
+    toy_rerank = lambda self, text, image, topk: self.similarity(text, image).gather(1, topk)  # noqa: E731
+    monkeypatch.setattr(toymodel.Toy, "rerank", toy_rerank, raising=False)
+    reranked = _run(root=smoke_root, seed=0, rerank_k=5)
+    assert reranked.key == first.key and reranked.spec["rerank_k"] == 5
+    assert reranked.metrics["R1"] == pytest.approx(first.metrics["R1"])  # same scores, same order
