@@ -26,7 +26,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
 bench: $(STAMP)
-	$(BIN)/tbpr bench all
+	$(BIN)/tbpr bench eval
 
 clean:
 	rm -rf $(VENV) .tbpr_cache

@@ -30,19 +30,23 @@ def _proc_status_kb(key: str) -> int:
 
 
 def _return_freed_memory_to_os() -> None:
-    """Fix glibc's mmap threshold at 128 KiB: by default it grows after large frees, so later large
-    arrays would reuse already-resident heap pages and never show in the RSS high-water mark."""
+    """Hand freed heap pages back (malloc_trim) and fix glibc's mmap threshold at 128 KiB (by default
+    it grows after large frees): otherwise large arrays reuse already-resident pages and never show
+    in the RSS high-water mark."""
     try:
-        ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # -3 = M_MMAP_THRESHOLD
+        libc = ctypes.CDLL("libc.so.6")
     except OSError:
-        pass
+        return
+    libc.mallopt(-3, 128 * 1024)  # -3 = M_MMAP_THRESHOLD
+    libc.malloc_trim(0)
 
 
 @contextmanager
 def peak_memory(device="cpu"):
     """Yields a dict that gets ``"peak_mb"``: the peak extra memory of the block (GPU allocator
     peak on CUDA; on CPU the resident-set high-water mark, reset through /proc/self/clear_refs,
-    ``None`` where Linux does not allow that)."""
+    ``None`` where Linux does not allow that). On CPU it fixes glibc's mmap threshold for the rest
+    of the process (large arrays then come from fresh pages, slower but visible)."""
     out: dict = {"peak_mb": None}
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
@@ -70,16 +74,18 @@ def _sync(device) -> None:
 
 def _best_time(fn, repeats: int, device="cpu"):
     """(result, fastest wall time in s over ``repeats`` runs, fastest process CPU time in s (robust
-    on a shared machine), peak extra MB of the last run: the first one also pages in library code)."""
+    on a shared machine), peak extra MB of one more run: measuring memory changes the allocator's
+    behaviour, see ``peak_memory``, so it is kept out of the timed runs)."""
     walls, cpus = [], []
     for _ in range(repeats):
-        with peak_memory(device) as mem:
-            _sync(device)
-            start, cpu_start = time.perf_counter(), time.process_time()
-            result = fn()
-            _sync(device)
-            walls.append(time.perf_counter() - start)
-            cpus.append(time.process_time() - cpu_start)
+        _sync(device)
+        start, cpu_start = time.perf_counter(), time.process_time()
+        result = fn()
+        _sync(device)
+        walls.append(time.perf_counter() - start)
+        cpus.append(time.process_time() - cpu_start)
+    with peak_memory(device) as mem:
+        fn()
     return result, min(walls), min(cpus), mem["peak_mb"]
 
 

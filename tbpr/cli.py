@@ -131,8 +131,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    if argv and argv[0] in PASS_THROUGH:  # their own parsers handle every option, --help included
+        args = argparse.Namespace(rest=argv[1:])
+        PASS_THROUGH[argv[0]](args)
+        return
+    args = parser.parse_args(argv)
     args.func(args)
+
+
+PASS_THROUGH = {"synth": cmd_synth, "bench": cmd_bench}
 
 
 if __name__ == "__main__":

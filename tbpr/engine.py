@@ -32,6 +32,7 @@ The warm-up start ``warmup_factor * lr`` and ``min_lr`` are absolute and the sam
 """
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import json
 import math
@@ -315,7 +316,6 @@ def _set_epoch(loader, epoch: int) -> None:
 class _Dist:
     rank: int = 0
     world_size: int = 1
-    owns_group: bool = False
 
     @property
     def main(self) -> bool:
@@ -335,10 +335,18 @@ def _init_distributed(device: torch.device) -> tuple[_Dist, torch.device]:
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
-    owns = not dist.is_initialized()
-    if owns:
+    if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return _Dist(dist.get_rank(), dist.get_world_size(), owns), device
+        # Kept for the life of the process: a staged recipe calls fit() several times, and a group
+        # destroyed and re-created under torchrun hangs in its rendezvous.
+        atexit.register(_shutdown_distributed)
+    return _Dist(dist.get_rank(), dist.get_world_size()), device
+
+
+def _shutdown_distributed() -> None:
+    if dist.is_initialized():
+        dist.barrier()  # without it gloo aborts rank 0 in destroy_process_group (NOTES.md)
+        dist.destroy_process_group()
 
 
 def _gather(obj, ctx: _Dist) -> list:
@@ -461,20 +469,14 @@ def fit(model: nn.Module, train_loader, train_cfg, *, out_dir=None, seed: int = 
     ``max_steps`` stops after that many optimizer steps in total without writing anything, which
     is how a crash is simulated. Under ``torchrun`` (``WORLD_SIZE > 1``) the model is wrapped in
     DistributedDataParallel; build the loader with ``distributed_env()`` so each rank gets its share.
+    The process group (gloo on CPU, nccl on CUDA) is created by the first call and closed, after a
+    barrier, when the process exits.
     """
-    cfg = train_cfg
     ctx, device = _init_distributed(torch.device(device))
-    failed = True
-    try:
-        history = _fit(model, train_loader, cfg, ctx, device, out_dir, seed, eval_fn, resume,
-                       progress, max_steps)
-        failed = False
-        return history
-    finally:
-        if ctx.owns_group:
-            if not failed:
-                dist.barrier()  # without it gloo aborts rank 0 at destroy (NOTES.md)
-            dist.destroy_process_group()
+    history = _fit(model, train_loader, train_cfg, ctx, device, out_dir, seed, eval_fn, resume,
+                   progress, max_steps)
+    _barrier(ctx)
+    return history
 
 
 def _fit(model, loader, cfg, ctx: _Dist, device, out_dir, seed, eval_fn, resume, progress, max_steps):

@@ -10,9 +10,10 @@ with positives at 1-based ranks r_1 < ... < r_P of the ranked gallery:
 - AP_trapz = (1/P) * sum_i ((i-1)/(r_i-1) + i/r_i) / 2, with (i-1)/(r_i-1) := 1 when r_i = 1
   (the Market-1501 style AP of the official IVT / SSAN / LGUR code; reported as ``mAP_trapz``)
 
-Ties: the gallery is sorted by a stable descending sort, so among equal scores the lower gallery
-index ranks first. Re-ranked top-k lists use the same rule (equal re-rank scores keep the
-first-stage order).
+Ties: ranks are those of a stable descending sort, so among equal scores the lower gallery index
+ranks first. Re-ranked top-k lists use the same rule (equal re-rank scores keep the first-stage
+order). Queries whose id has no gallery image are an error unless ``allow_missing=True`` (then they
+are excluded and counted).
 """
 from __future__ import annotations
 
@@ -70,22 +71,25 @@ def _check_block(block: torch.Tensor, rows: slice, num_gallery: int, what: str) 
 # --------------------------------------------------------------------------- ranking
 # Only the ranks of the positives matter, so instead of sorting each gallery row (G log G) the
 # rank of a positive j is counted: 1 + #{x: s_x > s_j} + #{x < j: s_x == s_j} (the stable order).
-def _positive_ranks(block: torch.Tensor, row: torch.Tensor, col: torch.Tensor,
-                    batch: int) -> torch.Tensor:
-    """1-based rank of gallery item ``col[p]`` in query ``row[p]``'s ranked list, for every pair p;
-    at most ``batch`` x G scores are compared at once."""
-    ranks = []
-    for start in range(0, len(row), batch):
-        scores = block[row[start:start + batch]]
-        c = col[start:start + batch, None]
+def _positive_ranks(block: torch.Tensor, row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
+    """1-based rank of gallery item ``col[p]`` in query ``row[p]``'s ranked list, for every pair p
+    (pairs sorted by row). Pass s compares the s-th positive of every query that has one with its
+    row, a view of ``block`` while all rows take part (no copy; at most ``block``'s size)."""
+    num_pos = torch.bincount(row, minlength=block.shape[0])
+    slot = torch.arange(len(row), device=row.device) - (torch.cumsum(num_pos, 0) - num_pos)[row]
+    ranks = torch.empty_like(row)
+    for s in range(int(num_pos.max())):
+        pairs = (slot == s).nonzero()[:, 0]
+        scores = block if len(pairs) == block.shape[0] else block[row[pairs]]
+        c = col[pairs, None]
         own = scores.gather(1, c)
-        above = (scores > own).sum(1)
-        tied = ((scores >= own).sum(1) - above > 1).nonzero()[:, 0]  # rows with ties besides itself
-        if len(tied):
+        above = (scores > own).sum(1, dtype=torch.int32).long()
+        tied = ((scores >= own).sum(1, dtype=torch.int32) - above > 1).nonzero()[:, 0]
+        if len(tied):  # rows with ties besides the positive itself: the lower index goes first
             before = torch.arange(scores.shape[1], device=scores.device) < c[tied]
             above[tied] += ((scores[tied] == own[tied]) & before).sum(1)
-        ranks.append(above + 1)
-    return torch.cat(ranks) if ranks else row.new_zeros(0)
+        ranks[pairs] = above + 1
+    return ranks
 
 
 def _stable_topk(block: torch.Tensor, k: int) -> torch.Tensor:
@@ -226,7 +230,7 @@ def retrieval_metrics(similarity: Similarity, query_pids, gallery_pids, *, ks=(1
         row, col = (gids.to(device)[None, :] == qids[rows].to(device)[:, None]).nonzero(as_tuple=True)
         if not len(row):
             continue
-        ranks = _positive_ranks(block, row, col, chunk_size)
+        ranks = _positive_ranks(block, row, col)
         if rerank is not None:
             query_idx = torch.arange(rows.start, rows.stop, device=device)
             ranks = _reranked_ranks(block, row, col, ranks, query_idx, rerank, min(rerank_k, G))

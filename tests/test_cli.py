@@ -32,3 +32,9 @@ def test_set_parses_yaml_values():
         "train.lr": 1e-4, "use_mvnln": False, "sizes": [1, 2]}
     with pytest.raises(SystemExit, match="key=value"):
         _overrides(["lr"])
+
+
+@pytest.mark.parametrize("command", ["synth", "bench"])
+def test_pass_through_subcommands_show_their_own_help(command):
+    proc = _tbpr(command, "--help")
+    assert proc.returncode == 0 and "--profile" in proc.stdout

@@ -20,6 +20,8 @@ by one global max-pooled part (spec §8-A14); without guidance the raw visual br
 """
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -193,6 +195,13 @@ def _text_source(name: str) -> str:
     return name
 
 
+@functools.lru_cache(maxsize=2)
+def _pretrained_bert(name: str):
+    """Loaded once per process (ablation sweeps build many models around the same frozen BERT)."""
+    from transformers import BertModel
+    return BertModel.from_pretrained(_text_source(name), add_pooling_layer=False)
+
+
 # ----------------------------------------------------------------------------- the model
 @register_model("lgur", LGURConfig)
 class LGUR(TBPRModel):
@@ -248,7 +257,7 @@ class LGUR(TBPRModel):
         from transformers import BertConfig, BertModel
 
         if load and cfg.text_pretrained is not None:
-            encoder = BertModel.from_pretrained(_text_source(cfg.text_pretrained), add_pooling_layer=False)
+            encoder = copy.deepcopy(_pretrained_bert(cfg.text_pretrained))
             if encoder.config.hidden_size != cfg.text_width:
                 raise ValueError(f"text_pretrained={cfg.text_pretrained!r} has width "
                                  f"{encoder.config.hidden_size}; set text_width to match")

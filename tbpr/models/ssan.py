@@ -20,6 +20,7 @@ the default follows the code and a config field selects the paper's form (spec Â
 from __future__ import annotations
 
 import os
+import re
 import zlib
 from dataclasses import dataclass, field
 
@@ -291,6 +292,22 @@ class SSAN(TBPRModel):
     def word_part_scores(self, E_local: torch.Tensor) -> torch.Tensor:
         """WAM (Eq. 8): s_i^k = Ïƒ(W_p^k e_i), independent sigmoids [B, L, K]."""
         return torch.sigmoid(self.wam(E_local))
+
+    @torch.no_grad()
+    def wam_word_scores(self, caption: str) -> list[tuple[str, int, int, torch.Tensor]]:
+        """Fig. 8: (word, char start, char end, s [K]) for every word WAM sees in ``caption`` (eval
+        mode; out-of-vocabulary words are deleted before the Bi-LSTM, so they have no score)."""
+        words = [(m.group().replace("'", ""), m.start(), m.end())
+                 for m in re.finditer(r"[a-z0-9']+", caption.lower())]
+        kept = [(w, a, b) for w, a, b in words if w and self.tokenize([w])[0][0, 0] > 1]
+        if not kept:
+            return []
+        ids, lengths = self.tokenize([" ".join(w for w, _, _ in kept)])
+        was_training = self.training
+        self.eval()
+        scores = self.word_part_scores(self.word_features(ids, lengths)[1])[0].cpu()
+        self.train(was_training)
+        return [(w, a, b, s) for (w, a, b), s in zip(kept, scores)]
 
     def _text_parts(self, captions: list[str]) -> dict[str, torch.Tensor]:
         ids, lengths = self.tokenize(captions)

@@ -1,0 +1,1099 @@
+"""SynthPedes: a procedurally rendered text-based person retrieval benchmark.
+
+Hard in the ways CUHK-PEDES is hard (``shared/specs/synthpedes.md``): identities come in *families*
+that differ in one or two (often small) attributes; a colour word covers a range of shades and
+captions leave details out; captions are free-form (random attribute subsets and order, synonyms,
+templates, distractor clauses, rare typos); garments sit in stable body bands while bags and held
+objects move; backgrounds are cluttered; view, pose, framing and photometry vary per image.
+
+Written in the CUHK-PEDES layout (``reid_raw.json`` + ``imgs/``) so the real loader reads it, plus
+``synthpedes_gt.json`` and ``gt/*.png`` (per-pixel region labels) with what no real dataset has:
+person masks, attribute regions, and per caption the attribute spans, noun phrases and POS tags.
+
+    root = ensure("quick")                    # rendered once, cached under $TBPR_CACHE/synthpedes
+    gt = load_ground_truth(root)
+    gt.images["train/00001_0.jpg"].mask       # bool [384, 128]
+"""
+from __future__ import annotations
+
+import argparse
+import colorsys
+import io
+import json
+import os
+import shutil
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+VERSION = 2  # bump when the output changes: it is part of the cache key
+SIZE = (384, 128)  # H, W
+GT_FILE = "synthpedes_gt.json"
+PROFILES = {  # (train, val, test) identities, images per identity (min, max), captions per image
+    "smoke": dict(ids=(40, 10, 20), images=(2, 3), captions=2),
+    "quick": dict(ids=(400, 50, 100), images=(3, 4), captions=2),
+    "large": dict(ids=(11000, 1000, 1000), images=(2, 4), captions=2),
+}
+REGION_CODES = {"head": 1, "hat": 2, "upper": 3, "lower": 4, "shoes": 5, "bag": 6, "held": 7,
+                "arms": 8, "legs": 9}
+REGIONS = ("head", "hat", "upper", "lower", "shoes", "bag", "held")
+
+# --- palette: a colour word covers a range of shades (the granularity gap) -----------------------
+# name: (hue range in degrees, saturation range, value range, caption words)
+COLOURS = {
+    "black": ((0, 360), (0.0, 0.25), (0.06, 0.20), ["black"]),
+    "white": ((0, 360), (0.0, 0.06), (0.86, 0.98), ["white"]),
+    "grey": ((0, 360), (0.0, 0.07), (0.38, 0.66), ["grey", "gray"]),
+    "red": ((-12, 6), (0.65, 0.9), (0.50, 0.85), ["red"]),
+    "orange": ((18, 32), (0.7, 0.95), (0.80, 0.98), ["orange"]),
+    "yellow": ((47, 58), (0.6, 0.9), (0.80, 0.97), ["yellow"]),
+    "green": ((85, 150), (0.4, 0.8), (0.35, 0.75), ["green"]),
+    "blue": ((200, 222), (0.5, 0.85), (0.55, 0.90), ["blue"]),
+    "navy": ((215, 235), (0.55, 0.9), (0.18, 0.36), ["navy", "dark blue", "navy blue"]),
+    "purple": ((265, 295), (0.35, 0.7), (0.35, 0.70), ["purple", "violet"]),
+    "pink": ((325, 350), (0.25, 0.55), (0.80, 0.97), ["pink"]),
+    "brown": ((18, 32), (0.45, 0.75), (0.22, 0.45), ["brown"]),
+    "beige": ((30, 45), (0.18, 0.38), (0.66, 0.86), ["beige", "khaki", "tan"]),
+}
+HAIR_COLOURS = {
+    "black": ((20, 30), (0.2, 0.5), (0.05, 0.14), ["black", "dark"]),
+    "brown": ((18, 30), (0.45, 0.7), (0.2, 0.4), ["brown"]),
+    "blonde": ((40, 50), (0.35, 0.6), (0.70, 0.90), ["blonde", "blond"]),
+    "grey": ((0, 360), (0.0, 0.06), (0.60, 0.85), ["grey", "gray", "white"]),
+    "red": ((8, 18), (0.6, 0.8), (0.40, 0.60), ["red", "ginger"]),
+}
+SKINS = [((22, 28), (0.22, 0.33), (0.88, 0.97)), ((20, 28), (0.35, 0.50), (0.68, 0.82)),
+         ((18, 26), (0.45, 0.60), (0.36, 0.52))]
+# how often each colour is worn (skewed like real street clothing)
+UPPER_COLOUR_P = dict(black=.2, white=.14, grey=.1, red=.08, orange=.03, yellow=.04, green=.06,
+                      blue=.09, navy=.07, purple=.04, pink=.05, brown=.05, beige=.05)
+LOWER_COLOUR_P = dict(black=.34, white=.05, grey=.12, red=.02, blue=.16, navy=.1, brown=.05,
+                      beige=.1, green=.03, pink=.02, purple=.01)
+SHOE_COLOUR_P = dict(black=.36, white=.3, grey=.1, brown=.1, red=.04, blue=.05, navy=.02, pink=.03)
+BAG_COLOUR_P = dict(black=.4, grey=.1, brown=.12, red=.08, blue=.08, navy=.06, pink=.05, green=.05,
+                    white=.03, beige=.03)
+HAIR_COLOUR_P = dict(black=.55, brown=.28, blonde=.12, red=.05)
+
+# --- garments and objects: caption words (several words = one multi-word noun) -------------------
+UPPER_WORDS = {"t-shirt": ["t-shirt", "tee", "top"], "shirt": ["shirt", "top", "blouse"],
+               "jacket": ["jacket", "coat"], "coat": ["coat", "long coat", "overcoat"],
+               "sweater": ["sweater", "jumper", "pullover"], "dress": ["dress"]}
+LOWER_WORDS = {"pants": ["pants", "trousers", "slacks"], "jeans": ["jeans"],
+               "shorts": ["shorts"], "skirt": ["skirt"], "leggings": ["leggings"]}
+SHOE_WORDS = {"shoes": ["shoes"], "sneakers": ["sneakers", "trainers", "shoes"],
+              "boots": ["boots"]}
+HAT_WORDS = {"cap": ["cap", "baseball cap"], "beanie": ["beanie", "hat", "knit hat"]}
+BAG_WORDS = {"backpack": ["backpack", "rucksack", "bag"], "handbag": ["handbag", "bag", "purse"],
+             "shoulder": ["shoulder bag", "bag", "messenger bag"]}
+HELD_WORDS = {"umbrella": ["umbrella"], "phone": ["phone", "cell phone", "mobile phone"],
+              "bottle": ["bottle", "water bottle"], "cup": ["cup", "coffee cup"]}
+GLASSES_WORDS = {"glasses": ["glasses", "eyeglasses"], "sunglasses": ["sunglasses"]}
+PLURAL_NOUNS = {"pants", "trousers", "slacks", "jeans", "shorts", "leggings", "shoes", "sneakers",
+                "trainers", "boots", "glasses", "eyeglasses", "sunglasses", "sleeves"}
+PERSON_NOUNS = {  # (gender, age) -> words
+    ("male", "young"): ["boy", "young man", "teenager"], ("female", "young"): ["girl", "young woman",
+                                                                             "young lady"],
+    ("male", "adult"): ["man", "guy", "gentleman", "male"], ("female", "adult"): ["woman", "lady",
+                                                                                 "female"],
+    ("male", "old"): ["old man", "elderly man", "older man"],
+    ("female", "old"): ["old woman", "elderly woman", "older lady"],
+}
+GENERIC_PERSON = ["person", "pedestrian"]
+DISTRACTORS = [  # (words, tags); the noun phrases inside are found by the NP rule over the tags
+    ("walking along the street", "VBG IN DT NN"), ("walking down the sidewalk", "VBG RP DT NN"),
+    ("crossing the road", "VBG DT NN"), ("standing near a wall", "VBG IN DT NN"),
+    ("looking at the phone", "VBG IN DT NN"), ("waiting at the crosswalk", "VBG IN DT NN"),
+    ("walking toward the camera", "VBG IN DT NN"), ("walking away from the camera",
+                                                      "VBG RB IN DT NN"),
+    ("standing in the shade", "VBG IN DT NN"), ("heading to work", "VBG TO NN"),
+]
+TAGS = {  # closed-class words of the captions
+    "a": "DT", "the": "DT", "this": "DT", "an": "DT", "he": "PRP", "she": "PRP", "his": "PRP$",
+    "her": "PRP$", "and": "CC", "with": "IN", "in": "IN", "on": "IN", "of": "IN", "over": "IN",
+    "across": "IN", "is": "VBZ", "wears": "VBZ", "has": "VBZ", "carries": "VBZ", "wearing": "VBG",
+    "carrying": "VBG", "holding": "VBG", "dressed": "VBN", "also": "RB", ",": ",", ".": ".",
+    "pair": "NN", "back": "NN", "hand": "NN", "shoulder": "NN", "body": "NN", "left": "JJ",
+    "right": "JJ", "logo": "NN", "sleeves": "NNS", "hair": "NN",
+}
+
+
+# --- identities ----------------------------------------------------------------------------------
+def _choice(rng, options):
+    if isinstance(options, dict):
+        keys = list(options)
+        p = np.array([options[k] for k in keys], float)
+        return keys[rng.choice(len(keys), p=p / p.sum())]
+    return options[rng.integers(len(options))]
+
+
+def _shade(table, name, rng) -> list[float]:
+    """A concrete RGB shade of colour ``name`` plus where its value sits in the range (0..1)."""
+    (h0, h1), (s0, s1), (v0, v1), _ = table[name]
+    h, s, v = rng.uniform(h0, h1), rng.uniform(s0, s1), rng.uniform(v0, v1)
+    r, g, b = colorsys.hsv_to_rgb((h % 360) / 360, s, v)
+    return [round(r, 4), round(g, 4), round(b, 4), round((v - v0) / (v1 - v0 + 1e-9), 3)]
+
+
+def _other_colour(rng, probs, avoid):
+    return _choice(rng, {k: p for k, p in probs.items() if k not in avoid})
+
+
+def sample_identity(rng) -> dict:
+    """Attributes of one person (names, not words; the words vary per caption)."""
+    gender = "female" if rng.random() < 0.45 else "male"
+    age = _choice(rng, {"young": .2, "adult": .65, "old": .15})
+    p = {"gender": gender, "age": age, "skin": int(rng.integers(len(SKINS)))}
+    p["hair_colour"] = "grey" if age == "old" and rng.random() < .7 else _choice(rng, HAIR_COLOUR_P)
+    p["hair_length"] = "long" if rng.random() < (.7 if gender == "female" else .08) else "short"
+    p["hat"] = _choice(rng, {"none": .75, "cap": .15, "beanie": .10})
+    p["hat_colour"] = _choice(rng, BAG_COLOUR_P)
+    p["glasses"] = _choice(rng, {"none": .8, "glasses": .13, "sunglasses": .07})
+    upper_p = {"t-shirt": .28, "shirt": .2, "jacket": .22, "coat": .1, "sweater": .12, "dress": .08}
+    if gender == "male":
+        upper_p.pop("dress")
+    p["upper"] = _choice(rng, upper_p)
+    p["upper_colour"] = _choice(rng, UPPER_COLOUR_P)
+    p["upper_colour2"] = _other_colour(rng, UPPER_COLOUR_P, {p["upper_colour"]})
+    p["pattern"] = _choice(rng, {"plain": .6, "striped": .15, "checked": .1, "logo": .15})
+    p["sleeve"] = ("short" if rng.random() < .85 else "long") if p["upper"] == "t-shirt" else (
+        "long" if p["upper"] in ("jacket", "coat", "sweater") or rng.random() < .6 else "short")
+    lower_p = {"pants": .42, "jeans": .3, "shorts": .13, "skirt": .1, "leggings": .05}
+    if gender == "male":
+        lower_p.pop("skirt"), lower_p.pop("leggings")
+    p["lower"] = "none" if p["upper"] == "dress" else _choice(rng, lower_p)
+    p["lower_colour"] = (_choice(rng, {"blue": .5, "navy": .2, "black": .2, "grey": .1})
+                         if p["lower"] == "jeans" else _choice(rng, LOWER_COLOUR_P))
+    p["shoes"] = _choice(rng, {"shoes": .45, "sneakers": .4, "boots": .15})
+    p["shoes_colour"] = _choice(rng, SHOE_COLOUR_P)
+    p["bag"] = _choice(rng, {"none": .35, "backpack": .3, "handbag": .18, "shoulder": .17})
+    p["bag_colour"] = _choice(rng, BAG_COLOUR_P)
+    p["held"] = _choice(rng, {"none": .7, "umbrella": .08, "phone": .12, "bottle": .05, "cup": .05})
+    p["held_colour"] = _choice(rng, BAG_COLOUR_P)
+    _resample_shades(p, rng)
+    return p
+
+
+def _resample_shades(p: dict, rng) -> None:
+    p["shades"] = {
+        "skin": _shade({"s": (*SKINS[p["skin"]], [])}, "s", rng),
+        "hair": _shade(HAIR_COLOURS, p["hair_colour"], rng),
+        **{k: _shade(COLOURS, p[f"{k}_colour"], rng)
+           for k in ("hat", "upper", "lower", "shoes", "bag", "held")},
+        "upper2": _shade(COLOURS, p["upper_colour2"], rng),
+    }
+
+
+# small attributes are the likeliest to differ inside a family (they are what separates siblings)
+MUTATIONS = {"shoes_colour": 3, "bag": 3, "hat": 2, "glasses": 2, "held": 2, "hair_colour": 1.5,
+             "pattern": 2, "sleeve": 1, "lower_colour": 1.5, "upper_colour": 1, "lower": 1,
+             "upper": .7}
+
+
+def mutate(p: dict, rng, n: int) -> dict:
+    """A family member: ``p`` with ``n`` attributes changed and every shade drawn afresh."""
+    q = json.loads(json.dumps(p))
+    for key in rng.choice(list(MUTATIONS), size=n, replace=False,
+                          p=np.array(list(MUTATIONS.values())) / sum(MUTATIONS.values())):
+        if key == "shoes_colour":
+            q[key] = _other_colour(rng, SHOE_COLOUR_P, {q[key]})
+        elif key == "lower_colour":
+            q[key] = _other_colour(rng, LOWER_COLOUR_P, {q[key]})
+        elif key == "upper_colour":
+            q[key] = _other_colour(rng, UPPER_COLOUR_P, {q[key], q["upper_colour2"]})
+        elif key == "hair_colour":
+            q[key] = _other_colour(rng, HAIR_COLOUR_P, {q[key]})
+        elif key in ("bag", "hat", "held"):
+            options = {"bag": ["none", "backpack", "handbag", "shoulder"],
+                       "hat": ["none", "cap", "beanie"],
+                       "held": ["none", "umbrella", "phone", "bottle", "cup"]}[key]
+            if q[key] != "none" and rng.random() < .5:
+                q[f"{key}_colour"] = _other_colour(rng, BAG_COLOUR_P, {q[f"{key}_colour"]})
+            else:
+                q[key] = _choice(rng, [o for o in options if o != q[key]])
+        elif key == "glasses":
+            q[key] = _choice(rng, [o for o in ("none", "glasses", "sunglasses") if o != q[key]])
+        elif key == "pattern":
+            q[key] = _choice(rng, [o for o in ("plain", "striped", "checked", "logo")
+                                   if o != q[key]])
+        elif key == "sleeve":
+            q[key] = "short" if q[key] == "long" else "long"
+        elif key == "lower" and q["lower"] != "none":
+            q[key] = _choice(rng, [o for o in ("pants", "jeans", "shorts")
+                                   if o != q[key]])
+        elif key == "upper" and q["upper"] != "dress":
+            q[key] = _choice(rng, [o for o in ("t-shirt", "shirt", "jacket", "sweater")
+                                   if o != q[key]])
+    _resample_shades(q, rng)
+    return q
+
+
+def build_identities(profile: str, seed: int) -> list[dict]:
+    """All identities with their 1-based id, split and family, in id order."""
+    spec = PROFILES[profile]
+    rng = np.random.default_rng([seed, 0])
+    people, family = [], 0
+    for split, n in zip(("train", "val", "test"), spec["ids"]):
+        members: list[dict] = []
+        while len(members) < n:
+            base = sample_identity(rng)
+            size = int(rng.integers(3, 7))
+            for k in range(min(size, n - len(members))):
+                attrs = base if k == 0 else mutate(base, rng, int(rng.integers(1, 3)))
+                members.append({"split": split, "family": family, "attrs": attrs,
+                                "n_images": int(rng.integers(spec["images"][0],
+                                                             spec["images"][1] + 1))})
+            family += 1
+        people += members
+    for i, person in enumerate(people):
+        person["id"] = i + 1
+    return people
+
+
+# --- rendering -----------------------------------------------------------------------------------
+class _Shape:
+    """A bool mask inside a pixel window [y0:y1, x0:x1] of the canvas (shapes are small)."""
+
+    def __init__(self, canvas, box, mask):
+        self.canvas, self.box, self.mask = canvas, box, mask
+
+    @property
+    def uv(self):
+        return self.canvas.uv(self.box)
+
+    def where(self, keep) -> "_Shape":
+        """The part of the shape where ``keep(u, v)`` holds."""
+        return _Shape(self.canvas, self.box, self.mask & keep(*self.uv))
+
+    def __or__(self, other: "_Shape") -> "_Shape":
+        (a0, a1, b0, b1), (c0, c1, d0, d1) = self.box, other.box
+        box = (min(a0, c0), max(a1, c1), min(b0, d0), max(b1, d1))
+        mask = np.zeros((box[1] - box[0], box[3] - box[2]), bool)
+        for s in (self, other):
+            y0, y1, x0, x1 = s.box
+            mask[y0 - box[0]:y1 - box[0], x0 - box[2]:x1 - box[2]] |= s.mask
+        return _Shape(self.canvas, box, mask)
+
+
+class _Canvas:
+    """An RGB float image and a region-label map, painted in body coordinates (u, v).
+
+    v runs from the top of the head (0) to the soles (1); u is horizontal, in units of body height
+    times an aspect factor, 0 on the body axis. Framing jitter is just a different (u, v) mapping.
+    """
+
+    def __init__(self, rng, height_frac, top, cx, aspect):
+        h, w = SIZE
+        self.sy, self.sx, self.top, self.cx = height_frac * h, height_frac * h * aspect, top, cx
+        self.rgb = np.zeros((h, w, 3), np.float32)
+        self.label = np.zeros((h, w), np.uint8)
+        coarse = Image.fromarray(rng.normal(size=(h // 16, w // 16)).astype(np.float32))
+        smooth = np.asarray(coarse.resize((w, h), Image.BILINEAR))
+        self.texture = smooth * .06 + rng.standard_normal((h, w), dtype=np.float32) * .025
+
+    def window(self, u0, u1, v0, v1):
+        h, w = SIZE
+        y0 = int(np.clip(np.floor(self.top + v0 * self.sy), 0, h))
+        y1 = int(np.clip(np.ceil(self.top + v1 * self.sy) + 1, 0, h))
+        x0 = int(np.clip(np.floor(self.cx + u0 * self.sx), 0, w))
+        x1 = int(np.clip(np.ceil(self.cx + u1 * self.sx) + 1, 0, w))
+        return y0, max(y1, y0), x0, max(x1, x0)
+
+    def uv(self, box):
+        y0, y1, x0, x1 = box
+        u = ((np.arange(x0, x1, dtype=np.float32) - self.cx) / self.sx)[None, :]
+        v = ((np.arange(y0, y1, dtype=np.float32) - self.top) / self.sy)[:, None]
+        return u, v
+
+    def shape(self, bounds, fn) -> _Shape:
+        box = self.window(*bounds)
+        u, v = self.uv(box)
+        mask = np.broadcast_to(fn(u, v), (box[1] - box[0], box[3] - box[2]))
+        return _Shape(self, box, np.array(mask, bool))
+
+    def ellipse(self, cu, cv, ru, rv):
+        return self.shape((cu - ru, cu + ru, cv - rv, cv + rv),
+                          lambda u, v: ((u - cu) / ru) ** 2 + ((v - cv) / rv) ** 2 <= 1)
+
+    def rect(self, u0, u1, v0, v1):
+        return self.shape((u0, u1, v0, v1),
+                          lambda u, v: (u >= u0) & (u <= u1) & (v >= v0) & (v <= v1))
+
+    def trapezoid(self, v0, v1, half0, half1, cu=0.0):
+        half = max(half0, half1)
+
+        def fn(u, v):
+            t = np.clip((v - v0) / (v1 - v0), 0, 1)
+            return (v >= v0) & (v <= v1) & (np.abs(u - cu) <= half0 + (half1 - half0) * t)
+        return self.shape((cu - half, cu + half, v0, v1), fn)
+
+    def capsule(self, a, b, r):
+        (u0, v0), (u1, v1) = a, b
+        du, dv = u1 - u0, v1 - v0
+
+        def fn(u, v):
+            t = np.clip(((u - u0) * du + (v - v0) * dv) / (du * du + dv * dv), 0, 1)
+            return (u - u0 - t * du) ** 2 + (v - v0 - t * dv) ** 2 <= r * r
+        return self.shape((min(u0, u1) - r, max(u0, u1) + r, min(v0, v1) - r, max(v0, v1) + r), fn)
+
+    def paint(self, shape: _Shape, colour, region: str | None, shading=True):
+        y0, y1, x0, x1 = shape.box
+        mask = shape.mask
+        colour = np.asarray(colour[:3], np.float32)
+        rgb = self.rgb[y0:y1, x0:x1]
+        if shading:  # garments are round and textured: the caption's one word hides this detail
+            u, _ = shape.uv
+            u = np.broadcast_to(u, mask.shape)[mask]
+            shade = 1 + self.texture[y0:y1, x0:x1][mask] - .18 * np.clip((u / .1) ** 2, 0, 1)
+            rgb[mask] = colour * shade[:, None]
+        else:
+            rgb[mask] = colour
+        self.label[y0:y1, x0:x1][mask] = REGION_CODES[region] if region else 0
+
+
+def _jitter(shade, rng, amount=.04):
+    return np.clip(np.asarray(shade[:3]) * rng.uniform(1 - amount, 1 + amount, 3), 0, 1)
+
+
+def _palette_rgb(rng, name=None):
+    return np.array(_shade(COLOURS, name or _choice(rng, list(COLOURS)), rng)[:3], np.float32)
+
+
+def _background(c: _Canvas, rng, person_colours):
+    h, w = SIZE
+    top, bottom = _palette_rgb(rng) * .6 + .2, _palette_rgb(rng) * .6 + .2
+    t = np.linspace(0, 1, h, dtype=np.float32)[:, None, None]
+    c.rgb[:] = top * (1 - t) + bottom * t
+    ground = int(h * rng.uniform(.62, .8))
+    c.rgb[ground:] = _palette_rgb(rng, _choice(rng, ["grey", "beige", "brown", "black"])) * .8 + .1
+    for _ in range(int(rng.integers(1, 4))):  # poles, doors, shop fronts
+        x0 = int(rng.integers(-10, w)); x1 = x0 + int(rng.integers(4, 40))
+        c.rgb[:ground, max(x0, 0):max(x1, 0)] = _palette_rgb(rng)
+    for _ in range(int(rng.integers(0, 4))):  # kerbs, road markings
+        y0 = int(rng.integers(ground, h)); c.rgb[y0:y0 + int(rng.integers(2, 8))] = _palette_rgb(rng)
+    for _ in range(int(rng.integers(2, 7))):  # blobs, sometimes in a garment's colour
+        colour = (person_colours[rng.integers(len(person_colours))][:3] if rng.random() < .3
+                  else _palette_rgb(rng))
+        cy, cx, ry, rx = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(8, 60), rng.uniform(6, 40)
+        y0, y1 = int(max(cy - ry, 0)), int(min(cy + ry + 1, h))
+        x0, x1 = int(max(cx - rx, 0)), int(min(cx + rx + 1, w))
+        yy, xx = np.arange(y0, y1)[:, None], np.arange(x0, x1)[None, :]
+        c.rgb[y0:y1, x0:x1][((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1] = colour
+    c.rgb += c.texture[..., None] * .5
+
+
+def render_image(attrs: dict, rng) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Render one view of a person: RGB uint8 [H, W, 3], region labels [H, W], per-image facts."""
+    p, s = attrs, attrs["shades"]
+    young = p["age"] == "young"
+    height = rng.uniform(.80, .94) * (.86 if young else 1.0)
+    top = rng.uniform(.02, 1 - height - .01) * SIZE[0]
+    c = _Canvas(rng, height, top, SIZE[1] / 2 + rng.uniform(-9, 9),
+                rng.uniform(.68, .82) * (1.05 if p["gender"] == "male" else .95))
+    view = "back" if rng.random() < .4 else "front"
+    front = view == "front"
+    bag_side = 1 if rng.random() < .5 else -1  # person's own left (+1) or right (-1) hand
+    held_side = -bag_side if p["bag"] in ("handbag", "shoulder") else (1 if rng.random() < .5 else -1)
+    on_image = lambda side: side if front else -side  # the person's left is on the image right
+    shades = {k: _jitter(v, rng) for k, v in s.items()}
+    _background(c, rng, list(shades.values()))
+
+    arm_v = rng.uniform(.44, .49)
+    hands = {side: (on_image(side) * rng.uniform(.135, .155), arm_v + rng.uniform(-.02, .02))
+             for side in (1, -1)}
+    if p["held"] == "phone":  # the phone hand is raised in front of the chest
+        hands[held_side] = (on_image(held_side) * .05, .31)
+
+    # behind the body: a backpack seen from the front shows only its straps (drawn later)
+    skin, hair = shades["skin"], shades["hair"]
+    if p["hair_length"] == "long" and front:
+        c.paint(c.rect(-.062, .062, .05, .25), hair, "head")
+
+    # legs and lower garment
+    for side in (1, -1):
+        c.paint(c.capsule((side * .045, .5), (side * .05, .93), .034), skin, "legs")
+    lower = shades["lower"]
+    if p["lower"] in ("pants", "jeans", "leggings"):
+        r = .028 if p["lower"] == "leggings" else .038
+        for side in (1, -1):
+            c.paint(c.capsule((side * .045, .5), (side * .05, .925), r), lower, "lower")
+        c.paint(c.rect(-.09, .09, .46, .56), lower, "lower")
+        if p["lower"] == "jeans":  # seams
+            for side in (1, -1):
+                seam = c.rect(side * .05 - .003, side * .05 + .003, .56, .92)
+                c.paint(seam, lower * .7, "lower", shading=False)
+    elif p["lower"] == "shorts":
+        c.paint(c.rect(-.09, .09, .46, .56), lower, "lower")
+        for side in (1, -1):
+            c.paint(c.capsule((side * .045, .5), (side * .05, .64), .042), lower, "lower")
+    elif p["lower"] == "skirt":
+        c.paint(c.trapezoid(.46, .68, .085, .125), lower, "lower")
+
+    # shoes
+    shoe = shades["shoes"]
+    for side in (1, -1):
+        if p["shoes"] == "boots":
+            c.paint(c.rect(side * .05 - .034, side * .05 + .034, .87, .965), shoe, "shoes")
+        c.paint(c.ellipse(side * .055, .965, .042, .028), shoe, "shoes")
+        if p["shoes"] == "sneakers":
+            sole = c.ellipse(side * .055, .965, .042, .028).where(lambda u, v: v > .978)
+            c.paint(sole, np.ones(3) * .92, "shoes", shading=False)
+
+    # upper garment: torso (longer for coats and dresses) and arms
+    upper, upper2 = shades["upper"], shades["upper2"]
+    torso_end = {"coat": .66, "dress": .72}.get(p["upper"], .5)
+    torso = c.trapezoid(.15, .47, .11, .095) | c.trapezoid(.46, torso_end, .095,
+                                                            .14 if p["upper"] == "dress" else .105)
+    c.paint(torso, upper, "upper")
+    if p["pattern"] == "striped":
+        period = rng.uniform(.018, .03)
+        c.paint(torso.where(lambda u, v: (v // period) % 2 == 1), upper2, "upper")
+    elif p["pattern"] == "checked":
+        period = rng.uniform(.025, .04)
+        c.paint(torso.where(lambda u, v: ((v // period) + (u // period)) % 2 == 1), upper2,
+                "upper")
+    elif p["pattern"] == "logo" and front:
+        c.paint(c.ellipse(.0, .26, .035, .035), upper2, "upper", shading=False)
+    if p["upper"] == "jacket" and front:  # open zip line
+        c.paint(c.rect(-.006, .006, .16, .5), upper * .6, "upper", shading=False)
+    if p["upper"] == "shirt" and front:
+        c.paint(c.trapezoid(.15, .19, .03, .0), np.ones(3) * .9 if p["upper_colour"] != "white"
+                else upper * .8, "upper", shading=False)
+    if p["upper"] == "sweater":
+        c.paint(c.rect(-.1, .1, .46, .5), upper * .8, "upper", shading=False)
+    for side in (1, -1):
+        shoulder = (on_image(side) * .115, .18)
+        hand = hands[side]
+        sleeve_end = .27 if p["sleeve"] == "short" else .95
+        elbow = (shoulder[0] + (hand[0] - shoulder[0]) * sleeve_end,
+                 shoulder[1] + (hand[1] - shoulder[1]) * sleeve_end)
+        c.paint(c.capsule(shoulder, hand, .027), skin, "arms")
+        c.paint(c.capsule(shoulder, elbow, .031), upper, "upper")
+        c.paint(c.ellipse(hand[0], hand[1] + .012, .02, .022), skin, "arms")
+
+    # head, hair, hat, glasses
+    c.paint(c.rect(-.02, .02, .11, .16), skin, "head")
+    head = c.ellipse(0, .068, .05, .066)
+    c.paint(head, skin, "head")
+    if front:
+        fringe = .03 + (.02 if p["hair_length"] == "long" else 0)
+        c.paint(head.where(lambda u, v: v < fringe), hair, "head")
+        c.paint(c.ellipse(0, .04, .055, .045).where(lambda u, v: v < .045), hair, "head")
+    else:
+        c.paint(c.ellipse(0, .06, .055, .066).where(lambda u, v: v < .115), hair, "head")
+        if p["hair_length"] == "long":
+            c.paint(c.rect(-.06, .06, .05, .27), hair, "head")
+    if p["glasses"] != "none" and front:
+        dark = np.ones(3) * (.05 if p["glasses"] == "sunglasses" else .15)
+        thick = .016 if p["glasses"] == "sunglasses" else .008
+        c.paint(c.rect(-.043, .043, .062, .062 + thick), dark, "head", shading=False)
+    if p["hat"] != "none":
+        hat = shades["hat"]
+        if p["hat"] == "cap":
+            c.paint(c.ellipse(0, .035, .057, .04).where(lambda u, v: v < .05), hat, "hat")
+            if front:
+                c.paint(c.rect(-.06, .06, .042, .052), hat * .8, "hat", shading=False)
+        else:
+            beanie = c.ellipse(0, .048, .058, .052).where(lambda u, v: v < .058)
+            c.paint(beanie, hat, "hat")
+            c.paint(beanie.where(lambda u, v: (v // .008) % 2 == 1), hat * .85, "hat",
+                    shading=False)
+
+    # bags and held objects move with the hands, the shoulder or the back
+    bag = shades["bag"]
+    if p["bag"] == "backpack":
+        if front:
+            for side in (1, -1):
+                c.paint(c.rect(side * .07 - .011, side * .07 + .011, .15, .34), bag, "bag")
+        else:
+            c.paint(c.rect(-.085, .085, .19 + rng.uniform(-.01, .01), .43), bag, "bag")
+    elif p["bag"] == "handbag":
+        hu, hv = hands[bag_side]
+        c.paint(c.capsule((hu - .02, hv + .01), (hu + .02, hv + .01), .006), bag * .7, "bag")
+        c.paint(c.rect(hu - .035, hu + .035, hv + .02, hv + .09), bag, "bag")
+    elif p["bag"] == "shoulder":
+        x = on_image(bag_side)
+        c.paint(c.capsule((-x * .09, .16), (x * .1, .44), .008), bag * .8, "bag")
+        c.paint(c.rect(x * .12 - .04, x * .12 + .04, .42 + rng.uniform(-.02, .02), .52), bag,
+                "bag")
+    held = shades["held"]
+    hu, hv = hands[held_side]
+    if p["held"] == "umbrella":
+        c.paint(c.capsule((hu, hv), (hu + np.sign(hu) * .03, .95), .007), np.ones(3) * .15, "held")
+        c.paint(c.capsule((hu + np.sign(hu) * .005, hv + .1), (hu + np.sign(hu) * .025, .85), .018),
+                held, "held")
+    elif p["held"] == "phone":
+        if front:
+            c.paint(c.rect(hu - .012, hu + .012, hv - .04, hv), np.ones(3) * .08, "held",
+                    shading=False)
+    elif p["held"] == "bottle":
+        c.paint(c.rect(hu - .013, hu + .013, hv - .01, hv + .07), held, "held")
+    elif p["held"] == "cup":
+        c.paint(c.rect(hu - .016, hu + .016, hv - .01, hv + .035), np.ones(3) * .9, "held")
+
+    if rng.random() < .08:  # an occluder (a bin, a car, another pedestrian) in front of the legs
+        h, w = SIZE
+        y0 = int(rng.uniform(.55, .85) * h); x0 = int(rng.uniform(-.3, .6) * w)
+        region = (slice(y0, h), slice(max(x0, 0), max(x0 + int(rng.uniform(.3, .6) * w), 0)))
+        c.rgb[region] = _palette_rgb(rng) * (1 + c.texture[region][..., None])
+        c.label[region] = 0
+
+    # photometric jitter: exposure, contrast, colour cast, sensor noise, blur
+    contrast = rng.uniform(.8, 1.15)
+    gain = (rng.uniform(.75, 1.2) * rng.uniform(.92, 1.08, 3) * contrast * 255).astype(np.float32)
+    rgb = c.rgb * gain + np.float32((.5 - .5 * contrast) * 255)
+    rgb += rng.standard_normal(rgb.shape, dtype=np.float32) * np.float32(.015 * 255)
+    image = Image.fromarray(np.clip(rgb, 0, 255, out=rgb).astype(np.uint8))
+    if rng.random() < .3:
+        image = image.filter(ImageFilter.GaussianBlur(rng.uniform(.5, 1.3)))
+    facts = {"view": view, "bag_side": "left" if bag_side > 0 else "right",
+             "held_side": "left" if held_side > 0 else "right"}
+    return np.asarray(image), c.label, facts
+
+
+def region_boxes(label: np.ndarray) -> dict[str, list[int]]:
+    """Box (x0, y0, x1, y1), x1/y1 exclusive, of each visible region and of the whole person."""
+    boxes = {}
+    masks = {name: label == REGION_CODES[name] for name in REGIONS}
+    masks["person"] = label > 0
+    for name, mask in masks.items():
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        if len(rows):
+            boxes[name] = [int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1]
+    return boxes
+
+
+# --- captions ------------------------------------------------------------------------------------
+@dataclass
+class _Caption:
+    """A caption under construction: words with gold tags, attribute labels and noun phrases."""
+    words: list = field(default_factory=list)  # [word, tag, attribute or None, region or None]
+    phrases: list = field(default_factory=list)  # (first word, end word) of each noun phrase
+
+    def add(self, text: str, tag: str | None = None, attr=None, region=None):
+        for w in text.split():
+            self.words.append([w, tag or TAGS[w], attr, region])
+
+    def phrase(self, parts):
+        """Append a noun phrase; ``parts`` are (text, tag, attr, region)."""
+        start = len(self.words)
+        parts = list(parts)
+        if len(parts) > 1 and parts[0][0] in ("a", "an"):  # the article agrees with the next word
+            parts[0] = ("an" if parts[1][0][0] in "aeiou" else "a", *parts[0][1:])
+        for part in parts:
+            self.add(*part)
+        self.phrases.append((start, len(self.words)))
+
+    def extend(self, other: "_Caption"):
+        offset = len(self.words)
+        self.words += other.words
+        self.phrases += [(a + offset, b + offset) for a, b in other.phrases]
+
+
+def _noun(text: str):
+    """Tags of a (possibly multi-word) noun: modifiers as NN, the head NN or NNS."""
+    words = text.split()
+    tags = ["NN"] * (len(words) - 1) + ["NNS" if words[-1] in PLURAL_NOUNS else "NN"]
+    if words[0] in ("long", "young", "old", "elderly", "older", "knit"):
+        tags[0] = "JJ"
+    if text in ("cell phone", "water bottle", "coffee cup", "shoulder bag", "messenger bag",
+                "baseball cap"):
+        tags = ["NN", "NN"]
+    return list(zip(words, tags))
+
+
+def _colour_parts(name, shade, rng, attr, region, table=COLOURS, single=False):
+    words = [w for w in table[name][3] if not single or " " not in w]
+    word = _choice(rng, words)
+    parts = []
+    rel = shade[3]
+    if not single and name not in ("black", "white", "navy") and rng.random() < .35:
+        if rel < .25:
+            parts.append(("dark", "JJ", attr, region))
+        elif rel > .75:
+            parts.append(("light", "JJ", attr, region))
+    return parts + [(w, "JJ", attr, region) for w in word.split()]
+
+
+def _det(rng, noun_words, pron, p_det=.85):
+    if noun_words[-1][1] == "NNS":
+        return []
+    r = rng.random()
+    if r < .1:
+        return [(pron[1], "PRP$", None, None)]
+    if r < p_det:
+        return [("a", "DT", None, None)]
+    return []
+
+
+def _with_nouns(parts, nouns, attr, region):
+    return parts + [(w, t, attr, region) for w, t in nouns]
+
+
+def _upper_phrases(p, facts, rng, pron) -> _Caption:
+    cap = _Caption()
+    nouns = _noun(_choice(rng, UPPER_WORDS[p["upper"]]))
+    mods = []
+    coloured = rng.random() < .92
+    # "red and white striped shirt": the NP rule allows one adjective before "and", nothing more
+    two = coloured and p["pattern"] in ("striped", "checked") and rng.random() < .5
+    sleeve = p["upper"] != "dress" and rng.random() < .25
+    if sleeve and not two and rng.random() < .5:
+        mods.append((f"{p['sleeve']}-sleeved", "JJ", "upper_sleeve", "upper"))
+        sleeve = False
+    if coloured:
+        colour = _colour_parts(p["upper_colour"], p["shades"]["upper"], rng, "upper_colour",
+                               "upper", single=two)
+        mods += colour
+        if two:
+            mods += [("and", "CC", None, None)] + _colour_parts(
+                p["upper_colour2"], p["shades"]["upper2"], rng, "upper_colour", "upper", single=True)
+    if p["pattern"] in ("striped", "checked") and rng.random() < .6:
+        word = _choice(rng, ["striped"] if p["pattern"] == "striped" else ["checked", "plaid"])
+        mods.append((word, "JJ", "upper_pattern", "upper"))
+    nouns = [(w, t, "upper_type", "upper") for w, t in nouns]
+    cap.phrase(_det(rng, nouns, pron) + mods + nouns)
+    if p["pattern"] == "logo" and facts["view"] == "front" and rng.random() < .5:
+        cap.add("with")
+        logo = [("a", "DT", None, None)]
+        if rng.random() < .5:
+            logo += _colour_parts(p["upper_colour2"], p["shades"]["upper2"], rng, "upper_pattern",
+                                  "upper", single=True)
+        cap.phrase(logo + [("logo", "NN", "upper_pattern", "upper")])
+    if sleeve:
+        cap.add("with")
+        cap.phrase([(p["sleeve"], "JJ", "upper_sleeve", "upper"),
+                    ("sleeves", "NNS", "upper_sleeve", "upper")])
+    return cap
+
+
+def _garment_phrase(rng, pron, words, colour_parts, attr_type, region, pair_ok=True) -> _Caption:
+    cap = _Caption()
+    nouns = [(w, t, attr_type, region) for w, t in _noun(_choice(rng, words))]
+    if nouns[-1][1] == "NNS" and pair_ok and rng.random() < .15:
+        cap.phrase([("a", "DT", None, None), ("pair", "NN", None, None)])
+        cap.add("of")
+    cap.phrase(_det(rng, nouns, pron) + colour_parts + nouns)
+    return cap
+
+
+def _location(cap: _Caption, rng, pron, words: str, attr, region):
+    """A prepositional location such as 'in her left hand' (the words are the gold region)."""
+    prep, *rest = words.split()
+    cap.add(prep, "IN", attr, region)
+    cap.phrase([(pron[1], "PRP$", attr, region)] +
+               [(w, TAGS[w], attr, region) for w in rest])
+
+
+def _mention(p, facts, key, rng, pron) -> _Caption:
+    s = p["shades"]
+    colour = lambda name, shade, attr, region, table=COLOURS: (
+        _colour_parts(name, shade, rng, attr, region, table) if rng.random() < .9 else [])
+    if key == "upper":
+        return _upper_phrases(p, facts, rng, pron)
+    if key == "lower":
+        return _garment_phrase(rng, pron, LOWER_WORDS[p["lower"]], colour(
+            p["lower_colour"], s["lower"], "lower_colour", "lower"), "lower_type", "lower")
+    if key == "shoes":
+        return _garment_phrase(rng, pron, SHOE_WORDS[p["shoes"]], colour(
+            p["shoes_colour"], s["shoes"], "shoes_colour", "shoes"), "shoes_type", "shoes")
+    if key == "hat":
+        return _garment_phrase(rng, pron, HAT_WORDS[p["hat"]], colour(
+            p["hat_colour"], s["hat"], "hat_colour", "hat"), "hat_type", "hat")
+    if key == "glasses":
+        return _garment_phrase(rng, pron, GLASSES_WORDS[p["glasses"]], [], "glasses", "head")
+    if key == "hair":
+        cap = _Caption()
+        mods = []
+        if rng.random() < .7:
+            mods.append((p["hair_length"], "JJ", "hair_length", "head"))
+        if rng.random() < .8 or not mods:
+            mods += _colour_parts(p["hair_colour"], s["hair"], rng, "hair_colour", "head",
+                                  HAIR_COLOURS)
+        cap.phrase(mods + [("hair", "NN", "hair", "head")])
+        return cap
+    if key == "bag":
+        cap = _garment_phrase(rng, pron, BAG_WORDS[p["bag"]], colour(
+            p["bag_colour"], s["bag"], "bag_colour", "bag"), "bag_type", "bag")
+        if rng.random() < .4:
+            where = {"backpack": "on back",
+                     "handbag": f"in {facts['bag_side']} hand",
+                     "shoulder": _choice(rng, ["over shoulder", "across body"])}[p["bag"]]
+            _location(cap, rng, pron, where, "bag_position", "bag")
+        return cap
+    if key == "held":
+        cap = _garment_phrase(rng, pron, HELD_WORDS[p["held"]], colour(
+            p["held_colour"], s["held"], "held_colour", "held") if p["held"] in
+            ("umbrella", "bottle") else [], "held_type", "held")
+        if rng.random() < .3:
+            _location(cap, rng, pron, f"in {facts['held_side']} hand", "held_position", "held")
+        return cap
+    raise KeyError(key)
+
+
+def _join(cap: _Caption, items: list[_Caption], rng):
+    for i, item in enumerate(items):
+        if i and i == len(items) - 1:
+            cap.add("and")
+        elif i:
+            cap.add(",")
+        cap.extend(item)
+
+
+def _subject(p, rng, det_words=("a", "the", "this")) -> _Caption:
+    cap = _Caption()
+    det = _choice(rng, list(det_words))
+    if rng.random() < .12:
+        noun = _choice(rng, GENERIC_PERSON)
+        cap.phrase([(det, "DT", None, None), (noun, "NN", "gender", "person")])
+        return cap
+    words = _choice(rng, PERSON_NOUNS[(p["gender"], p["age"])])
+    parts = _noun(words)
+    parts = [(w, t, "age" if t == "JJ" else "gender", "person") for w, t in parts]
+    cap.phrase([(det, "DT", None, None)] + parts)
+    return cap
+
+
+def _add_distractor(cap: _Caption, rng):
+    text = " ".join(w[0].lower() for w in cap.words)
+    words, tags = _choice(rng, [d for d in DISTRACTORS if d[0] not in text])
+    words, tags = words.split(), tags.split()
+    start = len(cap.words)
+    for w, t in zip(words, tags):
+        cap.add(w, t)
+    # the trailing determiner + noun (or bare noun) of a distractor is a noun phrase
+    k = len(tags) - 1
+    first = k - 1 if tags[k - 1] == "DT" else k
+    cap.phrases.append((start + first, start + k + 1))
+
+
+def _pick_mentions(p, rng) -> list[str]:
+    """A random subset (at least three) of the attributes, salient ones the likeliest."""
+    probs = {"upper": .88, "lower": .7 if p["lower"] != "none" else 0, "shoes": .45, "hair": .5,
+             "hat": .55 if p["hat"] != "none" else 0,
+             "glasses": .4 if p["glasses"] != "none" else 0,
+             "bag": .7 if p["bag"] != "none" else 0, "held": .5 if p["held"] != "none" else 0}
+    available = [k for k, q in probs.items() if q > 0]
+    while True:
+        chosen = [k for k in available if rng.random() < probs[k]]
+        if len(chosen) >= min(3, len(available)) and ({"upper", "lower"} & set(chosen)):
+            order = rng.permutation(len(chosen))
+            return [chosen[i] for i in order]
+
+
+def make_caption(p: dict, facts: dict, rng) -> tuple[str, dict]:
+    """One free-form caption and its gold annotation (attribute spans, noun phrases, tags)."""
+    pron = ("he", "his") if p["gender"] == "male" else ("she", "her")
+    mentions = _pick_mentions(p, rng)
+    parts = {k: _mention(p, facts, k, rng, pron) for k in mentions}
+    worn = [k for k in mentions if k in ("upper", "lower", "shoes", "hat", "glasses")]
+    carried = [k for k in mentions if k in ("bag", "held")]
+    hair = "hair" in mentions
+    cap = _subject(p, rng)
+    template = int(rng.integers(4))
+    if rng.random() < .15:
+        cap.add(",")
+        _add_distractor(cap, rng)
+        cap.add(",")
+    if hair and template in (0, 1):
+        cap.add("with")
+        cap.extend(parts["hair"])
+        hair = False
+    if template == 2 and hair:
+        cap.add("has", "VBZ")
+        cap.extend(parts["hair"])
+        cap.add(".")
+        cap.add(pron[0])
+        hair = False
+    wear = _choice(rng, ["is wearing", "wearing", "wears", "in", "dressed in"] if template != 2
+                   else ["is wearing", "wears", "is dressed in"])
+    for w in wear.split():
+        cap.add(w)
+    _join(cap, [parts[k] for k in worn], rng)
+    if hair:
+        cap.add("with" if len(worn) > 1 or rng.random() < .5 else "and")
+        cap.extend(parts["hair"])
+    if carried:
+        if template == 3 or rng.random() < .4:
+            cap.add(".")
+            cap.add(pron[0])
+            for w in _choice(rng, ["is carrying", "is holding", "has", "carries",
+                                   "is also carrying"]).split():
+                cap.add(w)
+        else:
+            cap.add(",")
+            cap.add(_choice(rng, ["carrying", "holding", "with"]))
+        _join(cap, [parts[k] for k in carried], rng)
+    if rng.random() < .2:
+        cap.add(".")
+        cap.add(pron[0])
+        cap.add("is", "VBZ")
+        _add_distractor(cap, rng)
+    cap.add(".")
+    if rng.random() < .04:  # rare typo: two letters swapped or one dropped
+        i = _choice(rng, [i for i, w in enumerate(cap.words) if len(w[0]) > 3 and "-" not in w[0]])
+        w = cap.words[i][0]
+        j = int(rng.integers(1, len(w) - 1))
+        cap.words[i][0] = w[:j] + w[j + 1] + w[j] + w[j + 2:] if rng.random() < .5 else \
+            w[:j] + w[j + 1:]
+    return _render_caption(cap, capitalise=rng.random() < .7)
+
+
+def _render_caption(cap: _Caption, capitalise: bool) -> tuple[str, dict]:
+    text, starts, ends = "", [], []
+    sentence_start = True
+    for word, tag, _, _ in cap.words:
+        if capitalise and sentence_start and word[0].isalpha():
+            word = word[0].upper() + word[1:]
+        if text and tag not in (",", "."):
+            text += " "
+        starts.append(len(text))
+        text += word
+        ends.append(len(text))
+        sentence_start = tag == "."
+    attributes, i = [], 0
+    while i < len(cap.words):  # merge neighbouring words of one attribute into one span
+        attr, region = cap.words[i][2], cap.words[i][3]
+        j = i + 1
+        while j < len(cap.words) and attr and cap.words[j][2:] == [attr, region]:
+            j += 1
+        if attr:
+            attributes.append([starts[i], ends[j - 1], attr, region])
+        i = j
+    gold = {"attributes": attributes,
+            "noun_phrases": [[starts[a], ends[b - 1]] for a, b in cap.phrases],
+            "tokens": [text[a:b] for a, b in zip(starts, ends)],
+            "pos": [w[1] for w in cap.words]}
+    return text, gold
+
+
+# --- writing, caching ----------------------------------------------------------------------------
+def _render_person(args):
+    """Images, label maps and captions of one identity (a unit of work for the process pool)."""
+    seed, person, n_captions = args
+    out = []
+    for k in range(person["n_images"]):
+        rng = np.random.default_rng([seed, 1, person["id"], k])
+        rgb, label, facts = render_image(person["attrs"], rng)
+        file_path = f"{person['split']}/{person['id']:05d}_{k}.jpg"
+        jpeg, png = io.BytesIO(), io.BytesIO()
+        Image.fromarray(rgb).save(jpeg, format="JPEG", quality=90)
+        Image.fromarray(label).save(png, format="PNG", optimize=False)
+        crng = np.random.default_rng([seed, 2, person["id"], k])
+        captions, golds = [], []
+        while len(captions) < n_captions:
+            text, gold = make_caption(person["attrs"], facts, crng)
+            if text not in captions:
+                captions.append(text)
+                golds.append(gold)
+        out.append(dict(file_path=file_path, jpeg=jpeg.getvalue(), png=png.getvalue(),
+                        facts=facts, regions=region_boxes(label), captions=captions, gold=golds))
+    return out
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("TBPR_CACHE", Path.home() / ".cache" / "tbpr"))
+
+
+def render(profile: str, seed: int, out: Path, workers: int | None = None) -> Path:
+    """Render SynthPedes into ``out`` (which must not exist yet) in the CUHK-PEDES layout."""
+    from .text import word_tokenize
+    if profile not in PROFILES:
+        raise ValueError(f"unknown SynthPedes profile {profile!r}; choose one of {list(PROFILES)}")
+    people = build_identities(profile, seed)
+    jobs = [(seed, person, PROFILES[profile]["captions"]) for person in people]
+    n_images = sum(p["n_images"] for p in people)
+    workers = workers if workers is not None else (1 if n_images < 600 else min(2, os.cpu_count()))
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            results = list(pool.map(_render_person, jobs, chunksize=16))
+    else:
+        results = [_render_person(job) for job in jobs]
+    (out / "imgs").mkdir(parents=True)
+    (out / "gt").mkdir()
+    records, gt_images, gt_captions = [], {}, {}
+    for person, images in zip(people, results):
+        for d in images:
+            (out / "imgs" / person["split"]).mkdir(exist_ok=True)
+            (out / "gt" / person["split"]).mkdir(exist_ok=True)
+            (out / "imgs" / d["file_path"]).write_bytes(d["jpeg"])
+            label_path = "gt/" + d["file_path"].replace(".jpg", ".png")
+            (out / label_path).write_bytes(d["png"])
+            records.append({"split": person["split"], "captions": d["captions"],
+                            "file_path": d["file_path"],
+                            "processed_tokens": [word_tokenize(c) for c in d["captions"]],
+                            "id": person["id"]})
+            gt_images[d["file_path"]] = {"id": person["id"], "family": person["family"],
+                                         "label_map": label_path, "regions": d["regions"],
+                                         **d["facts"]}
+            gt_captions[d["file_path"]] = d["gold"]
+    identities = {str(p["id"]): {"split": p["split"], "family": p["family"],
+                                 **{k: v for k, v in p["attrs"].items() if k != "shades"}}
+                  for p in people}
+    gt = {"version": VERSION, "profile": profile, "seed": seed, "size": list(SIZE),
+          "region_codes": REGION_CODES, "identities": identities, "images": gt_images,
+          "captions": gt_captions}
+    (out / "reid_raw.json").write_text(json.dumps(records, sort_keys=True))
+    (out / GT_FILE).write_text(json.dumps(gt, sort_keys=True))
+    return out
+
+
+def ensure(profile: str = "smoke", seed: int = 0, root: str | Path | None = None) -> Path:
+    """The root of SynthPedes ``profile``/``seed``, rendered on first use.
+
+    Rendered into a temporary sibling folder and renamed, so a crash or a concurrent process never
+    leaves a half-written dataset behind.
+    """
+    root = Path(root) if root else cache_dir() / "synthpedes" / f"{profile}-seed{seed}-v{VERSION}"
+    if (root / "reid_raw.json").exists():
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    render(profile, seed, tmp)
+    try:
+        os.rename(tmp, root)
+    except OSError:  # someone else finished first (or root exists, e.g. an empty folder)
+        if (root / "reid_raw.json").exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif root.exists() and not any(root.iterdir()):
+            root.rmdir()
+            os.rename(tmp, root)
+        else:
+            raise FileExistsError(f"{root} exists but holds no SynthPedes (no reid_raw.json); "
+                                  f"remove it or pass another root") from None
+    return root
+
+
+# --- ground truth --------------------------------------------------------------------------------
+@dataclass
+class GTImage:
+    file_path: str
+    id: int
+    family: int
+    view: str
+    regions: dict  # region name -> (x0, y0, x1, y1) in pixels of the 384×128 image
+    label_path: Path
+    bag_side: str = ""
+    held_side: str = ""
+
+    @cached_property
+    def labels(self) -> np.ndarray:
+        """Region code per pixel (``REGION_CODES``; 0 = background)."""
+        return np.asarray(Image.open(self.label_path))
+
+    @property
+    def mask(self) -> np.ndarray:
+        """Person (foreground) mask, bool [384, 128]."""
+        return self.labels > 0
+
+
+@dataclass
+class GTCaption:
+    text: str
+    attributes: list  # (char_start, char_end, attribute name, region name)
+    noun_phrases: list  # (char_start, char_end)
+    tokens: list
+    pos: list  # gold Penn tag per token
+
+
+@dataclass
+class GroundTruth:
+    images: dict  # file_path -> GTImage
+    captions: dict  # (file_path, caption index) -> GTCaption
+    identities: dict  # id -> attributes (with split and family)
+
+
+def load_ground_truth(root) -> GroundTruth:
+    root = Path(root)
+    path = root / GT_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: ground truth exists only for SynthPedes "
+                                f"(render it with tbpr.data.synthetic.ensure or `tbpr synth`)")
+    gt = json.loads(path.read_text())
+    records = json.loads((root / "reid_raw.json").read_text())
+    texts = {r["file_path"]: r["captions"] for r in records}
+    images = {fp: GTImage(file_path=fp, id=d["id"], family=d["family"], view=d["view"],
+                          regions={k: tuple(v) for k, v in d["regions"].items()},
+                          label_path=root / d["label_map"], bag_side=d.get("bag_side", ""),
+                          held_side=d.get("held_side", ""))
+              for fp, d in gt["images"].items()}
+    captions = {(fp, i): GTCaption(text=texts[fp][i], attributes=[tuple(a) for a in g["attributes"]],
+                                   noun_phrases=[tuple(s) for s in g["noun_phrases"]],
+                                   tokens=g["tokens"], pos=g["pos"])
+                for fp, golds in gt["captions"].items() for i, g in enumerate(golds)}
+    identities = {int(k): v for k, v in gt["identities"].items()}
+    return GroundTruth(images=images, captions=captions, identities=identities)
+
+
+def region_mask(gt_image: GTImage, region: str, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Bool mask of ``region`` (``REGIONS``, or "person") at ``size`` (H, W; default 384×128).
+
+    Pixel-exact from the label map; "upper"/"lower" include the bare arms/legs of their band.
+    """
+    labels = gt_image.labels
+    if region == "person":
+        mask = labels > 0
+    elif region in REGION_CODES:
+        codes = [REGION_CODES[region]] + {"upper": [REGION_CODES["arms"]],
+                                          "lower": [REGION_CODES["legs"]]}.get(region, [])
+        mask = np.isin(labels, codes)
+    else:
+        raise KeyError(f"unknown region {region!r}; choose from {REGIONS + ('person',)}")
+    if size and tuple(size) != labels.shape:
+        img = Image.fromarray(mask.astype(np.uint8) * 255).resize((size[1], size[0]),
+                                                                   Image.BILINEAR)
+        mask = np.asarray(img) >= 128
+    return mask
+
+
+# --- the other on-disk layouts -------------------------------------------------------------------
+def write_layout(root, fmt: str) -> Path:
+    """Write the annotation file of ``fmt`` next to ``reid_raw.json`` (images are shared).
+
+    ``icfg-pedes``: ``ICFG-PEDES.json``, train/test only (val identities are left out, as ICFG-PEDES
+    has no val split), one caption per image. ``rstpreid``: ``data_captions.json`` with ``img_path``.
+    """
+    root = Path(root)
+    records = json.loads((root / "reid_raw.json").read_text())
+    if fmt == "cuhk-pedes":
+        return root / "reid_raw.json"
+    if fmt == "icfg-pedes":
+        out = [{"id": r["id"], "file_path": r["file_path"], "captions": r["captions"][:1],
+                "processed_tokens": r["processed_tokens"][:1], "split": r["split"]}
+               for r in records if r["split"] != "val"]
+        path = root / "ICFG-PEDES.json"
+    elif fmt == "rstpreid":
+        out = [{"id": r["id"], "img_path": r["file_path"], "captions": r["captions"],
+                "split": r["split"]} for r in records]
+        path = root / "data_captions.json"
+    else:
+        raise ValueError(f"unknown format {fmt!r}; choose cuhk-pedes, icfg-pedes or rstpreid")
+    path.write_text(json.dumps(out, sort_keys=True))
+    return path
+
+
+def main(argv=None) -> int:
+    """``tbpr synth --profile smoke|quick|large --out DIR [--seed S] [--format ...]``"""
+    ap = argparse.ArgumentParser(prog="tbpr synth", description=main.__doc__)
+    ap.add_argument("--profile", default="quick", choices=list(PROFILES))
+    ap.add_argument("--out", default=None, help="output folder (default: the tbpr cache)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--format", default="cuhk-pedes",
+                    choices=["cuhk-pedes", "icfg-pedes", "rstpreid"])
+    args = ap.parse_args(argv)
+    t0 = time.time()
+    root = ensure(args.profile, args.seed, args.out)
+    path = write_layout(root, args.format)
+    print(f"SynthPedes {args.profile} (seed {args.seed}) at {root} [{path.name}], "
+          f"{time.time() - t0:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
