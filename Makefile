@@ -26,7 +26,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
 bench: $(STAMP)
-	$(BIN)/tbpr bench eval
+	$(BIN)/tbpr bench all
 
 clean:
 	rm -rf $(VENV) .tbpr_cache

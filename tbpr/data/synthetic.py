@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-VERSION = 2  # bump when the output changes: it is part of the cache key
+VERSION = 3  # bump when the output changes: it is part of the cache key
 SIZE = (384, 128)  # H, W
 GT_FILE = "synthpedes_gt.json"
 PROFILES = {  # (train, val, test) identities, images per identity (min, max), captions per image
@@ -414,23 +414,26 @@ def render_image(attrs: dict, rng) -> tuple[np.ndarray, np.ndarray, dict]:
     if p["hair_length"] == "long" and front:
         c.paint(c.rect(-.062, .062, .05, .25), hair, "head")
 
-    # legs and lower garment
+    # legs (a walking stride spreads the feet) and lower garment
+    stride = rng.uniform(-.01, .035)
+    foot = {side: side * (.05 + stride) for side in (1, -1)}
+    knee = {side: side * (.047 + stride * .45) for side in (1, -1)}
     for side in (1, -1):
-        c.paint(c.capsule((side * .045, .5), (side * .05, .93), .034), skin, "legs")
+        c.paint(c.capsule((side * .045, .5), (foot[side], .93), .034), skin, "legs")
     lower = shades["lower"]
     if p["lower"] in ("pants", "jeans", "leggings"):
         r = .028 if p["lower"] == "leggings" else .038
         for side in (1, -1):
-            c.paint(c.capsule((side * .045, .5), (side * .05, .925), r), lower, "lower")
+            c.paint(c.capsule((side * .045, .5), (foot[side], .925), r), lower, "lower")
         c.paint(c.rect(-.09, .09, .46, .56), lower, "lower")
         if p["lower"] == "jeans":  # seams
             for side in (1, -1):
-                seam = c.rect(side * .05 - .003, side * .05 + .003, .56, .92)
-                c.paint(seam, lower * .7, "lower", shading=False)
+                c.paint(c.capsule((side * .047, .57), (foot[side], .91), .003), lower * .7, "lower",
+                        shading=False)
     elif p["lower"] == "shorts":
         c.paint(c.rect(-.09, .09, .46, .56), lower, "lower")
         for side in (1, -1):
-            c.paint(c.capsule((side * .045, .5), (side * .05, .64), .042), lower, "lower")
+            c.paint(c.capsule((side * .045, .5), (knee[side], .64), .042), lower, "lower")
     elif p["lower"] == "skirt":
         c.paint(c.trapezoid(.46, .68, .085, .125), lower, "lower")
 
@@ -438,10 +441,10 @@ def render_image(attrs: dict, rng) -> tuple[np.ndarray, np.ndarray, dict]:
     shoe = shades["shoes"]
     for side in (1, -1):
         if p["shoes"] == "boots":
-            c.paint(c.rect(side * .05 - .034, side * .05 + .034, .87, .965), shoe, "shoes")
-        c.paint(c.ellipse(side * .055, .965, .042, .028), shoe, "shoes")
+            c.paint(c.rect(foot[side] - .034, foot[side] + .034, .87, .965), shoe, "shoes")
+        c.paint(c.ellipse(foot[side] + side * .005, .965, .042, .028), shoe, "shoes")
         if p["shoes"] == "sneakers":
-            sole = c.ellipse(side * .055, .965, .042, .028).where(lambda u, v: v > .978)
+            sole = c.ellipse(foot[side] + side * .005, .965, .042, .028).where(lambda u, v: v > .978)
             c.paint(sole, np.ones(3) * .92, "shoes", shading=False)
 
     # upper garment: torso (longer for coats and dresses) and arms
