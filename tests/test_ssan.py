@@ -316,3 +316,15 @@ def test_every_synthpedes_training_image_has_a_cross_caption_of_its_identity(smo
     for i, pool in enumerate(model.cross_captions):
         same = [c for j, r in enumerate(train) if r.pid == train[i].pid and j != i for c in r.captions]
         assert pool == same and (pool or sum(r.pid == train[i].pid for r in train) == 1)
+
+
+def test_wam_word_scores_are_the_scores_of_the_words_the_model_reads():
+    model = tiny().eval()
+    captions = ["A man in a RED shirt, zebra's bag", "she has long black hair"]
+    out = model.wam_word_scores(captions)
+    assert [w for w, *_ in out[0]] == ["a", "man", "in", "a", "red", "shirt", "bag"]  # OOV "zebras" dropped
+    assert all(captions[0].lower()[a:b] == w for w, a, b, _ in out[0])
+    with torch.no_grad():
+        ids, lengths = model.tokenize(captions[1:])
+        expected = model.word_part_scores(model.word_features(ids, lengths)[1])[0]
+    torch.testing.assert_close(torch.stack([s for *_, s in out[1]]), expected)

@@ -170,7 +170,7 @@ caption_stats = pd.DataFrame({
               "distinct words": len(vocab),
               "train vocabulary (count ≥ 2)": len(text.Vocabulary.build(train_captions)) - 2},
     "CUHK-PEDES": {"captions": 80412, "mean words / caption": 23.5, "distinct words": 9408,
-                   "train vocabulary (count ≥ 2)": 4593}})
+                   "train vocabulary (count ≥ 2)": 4593}}, dtype=object)
 save_table(caption_stats, figdir / "caption_statistics")
 display(caption_stats)
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-VERSION = 3  # bump when the output changes: it is part of the cache key
+VERSION = 4  # bump when the output changes: it is part of the cache key
 SIZE = (384, 128)  # H, W
 GT_FILE = "synthpedes_gt.json"
 PROFILES = {  # (train, val, test) identities, images per identity (min, max), captions per image
@@ -599,14 +599,11 @@ class _Caption:
 
 
 def _noun(text: str):
-    """Tags of a (possibly multi-word) noun: modifiers as NN, the head NN or NNS."""
+    """Tags of a (possibly multi-word) noun: adjectives JJ, noun modifiers NN, the head NN/NNS."""
     words = text.split()
     tags = ["NN"] * (len(words) - 1) + ["NNS" if words[-1] in PLURAL_NOUNS else "NN"]
     if words[0] in ("long", "young", "old", "elderly", "older", "knit"):
         tags[0] = "JJ"
-    if text in ("cell phone", "water bottle", "coffee cup", "shoulder bag", "messenger bag",
-                "baseball cap"):
-        tags = ["NN", "NN"]
     return list(zip(words, tags))
 
 
@@ -623,24 +620,21 @@ def _colour_parts(name, shade, rng, attr, region, table=COLOURS, single=False):
     return parts + [(w, "JJ", attr, region) for w in word.split()]
 
 
-def _det(rng, noun_words, pron, p_det=.85):
+def _det(rng, noun_words, pron):
     if noun_words[-1][1] == "NNS":
         return []
     r = rng.random()
     if r < .1:
         return [(pron[1], "PRP$", None, None)]
-    if r < p_det:
+    if r < .85:
         return [("a", "DT", None, None)]
     return []
 
 
-def _with_nouns(parts, nouns, attr, region):
-    return parts + [(w, t, attr, region) for w, t in nouns]
-
-
 def _upper_phrases(p, facts, rng, pron) -> _Caption:
     cap = _Caption()
-    nouns = _noun(_choice(rng, UPPER_WORDS[p["upper"]]))
+    words = [w for w in UPPER_WORDS[p["upper"]] if p["gender"] == "female" or w != "blouse"]
+    nouns = _noun(_choice(rng, words))
     mods = []
     coloured = rng.random() < .92
     # "red and white striped shirt": the NP rule allows one adjective before "and", nothing more
@@ -675,10 +669,10 @@ def _upper_phrases(p, facts, rng, pron) -> _Caption:
     return cap
 
 
-def _garment_phrase(rng, pron, words, colour_parts, attr_type, region, pair_ok=True) -> _Caption:
+def _garment_phrase(rng, pron, words, colour_parts, attr_type, region) -> _Caption:
     cap = _Caption()
     nouns = [(w, t, attr_type, region) for w, t in _noun(_choice(rng, words))]
-    if nouns[-1][1] == "NNS" and pair_ok and rng.random() < .15:
+    if nouns[-1][1] == "NNS" and rng.random() < .15:
         cap.phrase([("a", "DT", None, None), ("pair", "NN", None, None)])
         cap.add("of")
     cap.phrase(_det(rng, nouns, pron) + colour_parts + nouns)
@@ -739,7 +733,7 @@ def _mention(p, facts, key, rng, pron) -> _Caption:
     raise KeyError(key)
 
 
-def _join(cap: _Caption, items: list[_Caption], rng):
+def _join(cap: _Caption, items: list[_Caption]):
     for i, item in enumerate(items):
         if i and i == len(items) - 1:
             cap.add("and")
@@ -817,7 +811,7 @@ def make_caption(p: dict, facts: dict, rng) -> tuple[str, dict]:
                    else ["is wearing", "wears", "is dressed in"])
     for w in wear.split():
         cap.add(w)
-    _join(cap, [parts[k] for k in worn], rng)
+    _join(cap, [parts[k] for k in worn])
     if hair:
         cap.add("with" if len(worn) > 1 or rng.random() < .5 else "and")
         cap.extend(parts["hair"])
@@ -831,7 +825,7 @@ def make_caption(p: dict, facts: dict, rng) -> tuple[str, dict]:
         else:
             cap.add(",")
             cap.add(_choice(rng, ["carrying", "holding", "with"]))
-        _join(cap, [parts[k] for k in carried], rng)
+        _join(cap, [parts[k] for k in carried])
     if rng.random() < .2:
         cap.add(".")
         cap.add(pron[0])
@@ -904,37 +898,37 @@ def cache_dir() -> Path:
 
 
 def render(profile: str, seed: int, out: Path, workers: int | None = None) -> Path:
-    """Render SynthPedes into ``out`` (which must not exist yet) in the CUHK-PEDES layout."""
+    """Render SynthPedes into ``out`` (which must not exist yet) in the CUHK-PEDES layout.
+
+    Each identity is rendered from its own seeded stream, so the output is byte-identical for any
+    number of ``workers`` (default: one per core up to 8 for large renders, else in-process).
+    """
     from .text import word_tokenize
     if profile not in PROFILES:
         raise ValueError(f"unknown SynthPedes profile {profile!r}; choose one of {list(PROFILES)}")
     people = build_identities(profile, seed)
     jobs = [(seed, person, PROFILES[profile]["captions"]) for person in people]
     n_images = sum(p["n_images"] for p in people)
-    workers = workers if workers is not None else (1 if n_images < 600 else min(2, os.cpu_count()))
-    if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            results = list(pool.map(_render_person, jobs, chunksize=16))
-    else:
-        results = [_render_person(job) for job in jobs]
-    (out / "imgs").mkdir(parents=True)
-    (out / "gt").mkdir()
+    if workers is None:
+        workers = 1 if n_images < 600 else min(os.cpu_count() or 1, 8)
+    for split in ("train", "val", "test"):
+        (out / "imgs" / split).mkdir(parents=True)
+        (out / "gt" / split).mkdir(parents=True)
     records, gt_images, gt_captions = [], {}, {}
-    for person, images in zip(people, results):
-        for d in images:
-            (out / "imgs" / person["split"]).mkdir(exist_ok=True)
-            (out / "gt" / person["split"]).mkdir(exist_ok=True)
-            (out / "imgs" / d["file_path"]).write_bytes(d["jpeg"])
-            label_path = "gt/" + d["file_path"].replace(".jpg", ".png")
-            (out / label_path).write_bytes(d["png"])
-            records.append({"split": person["split"], "captions": d["captions"],
-                            "file_path": d["file_path"],
-                            "processed_tokens": [word_tokenize(c) for c in d["captions"]],
-                            "id": person["id"]})
-            gt_images[d["file_path"]] = {"id": person["id"], "family": person["family"],
-                                         "label_map": label_path, "regions": d["regions"],
-                                         **d["facts"]}
-            gt_captions[d["file_path"]] = d["gold"]
+    with ProcessPoolExecutor(workers) if workers > 1 else _InProcess() as pool:
+        for person, images in zip(people, pool.map(_render_person, jobs, chunksize=16)):
+            for d in images:  # written as they arrive: memory stays flat for the large profile
+                (out / "imgs" / d["file_path"]).write_bytes(d["jpeg"])
+                label_path = "gt/" + d["file_path"].replace(".jpg", ".png")
+                (out / label_path).write_bytes(d["png"])
+                records.append({"split": person["split"], "captions": d["captions"],
+                                "file_path": d["file_path"],
+                                "processed_tokens": [word_tokenize(c) for c in d["captions"]],
+                                "id": person["id"]})
+                gt_images[d["file_path"]] = {"id": person["id"], "family": person["family"],
+                                             "label_map": label_path, "regions": d["regions"],
+                                             **d["facts"]}
+                gt_captions[d["file_path"]] = d["gold"]
     identities = {str(p["id"]): {"split": p["split"], "family": p["family"],
                                  **{k: v for k, v in p["attrs"].items() if k != "shades"}}
                   for p in people}
@@ -944,6 +938,19 @@ def render(profile: str, seed: int, out: Path, workers: int | None = None) -> Pa
     (out / "reid_raw.json").write_text(json.dumps(records, sort_keys=True))
     (out / GT_FILE).write_text(json.dumps(gt, sort_keys=True))
     return out
+
+
+class _InProcess:
+    """``ProcessPoolExecutor``'s ``map`` without processes (small renders, tests)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def map(self, fn, jobs, chunksize=1):
+        return map(fn, jobs)
 
 
 def ensure(profile: str = "smoke", seed: int = 0, root: str | Path | None = None) -> Path:

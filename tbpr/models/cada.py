@@ -110,6 +110,7 @@ class CADAConfig(ModelConfig):
     local_score: str = "logit"  # logit (code) | prob (the paper's "matching probability")
     local_groups: str = "enc"  # enc | enc+groups (mean of the [ENC] and group heads)
     pretrained: str | None = None  # local path of BLIP model_base.pth
+    init_std: float = 0.02  # trunc-normal std of random initialisation (BERT/ViT: 0.02 at width 768)
 
 
 # ----------------------------------------------------------------------------- text side
@@ -381,20 +382,20 @@ class CADA(TBPRModel):
             self.itm_local_head = nn.Linear(t.width, 2)  # W_loc, shared by the token groups (Eq. 4)
         if cfg.ara.enabled:
             self.mlm_head = MLMHead(t.width, self.text_encoder.word)  # phi (Eq. 6)
-        self.apply(self._init_weights)
+        self.apply(partial(self._init_weights, std=cfg.init_std))
         self._tokenizer = None
         if cfg.pretrained:
             load_blip(self, cfg.pretrained)
 
     @staticmethod
-    def _init_weights(m):
+    def _init_weights(m, std: float):
         if isinstance(m, (nn.Linear, nn.Conv2d, nn.Embedding)):
-            nn.init.trunc_normal_(m.weight, std=0.02)
+            nn.init.trunc_normal_(m.weight, std=std, a=-2 * std, b=2 * std)
         if isinstance(m, (nn.Linear, nn.Conv2d)) and m.bias is not None:
             nn.init.zeros_(m.bias)
         if isinstance(m, VisionTransformer):
-            nn.init.trunc_normal_(m.pos_embed, std=0.02)
-            nn.init.trunc_normal_(m.cls_token, std=0.02)
+            nn.init.trunc_normal_(m.pos_embed, std=std, a=-2 * std, b=2 * std)
+            nn.init.trunc_normal_(m.cls_token, std=std, a=-2 * std, b=2 * std)
 
     @property
     def has_decoder(self) -> bool:

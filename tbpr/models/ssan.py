@@ -262,10 +262,12 @@ class SSAN(TBPRModel):
         return {"vocab": self.vocab.to_json()} if hasattr(self.vocab, "to_json") else {}
 
     # ---- text -------------------------------------------------------------------------------
+    def _vocab(self):
+        return self.vocab if self.vocab is not None else HashVocabulary(self.word_emb_global.num_embeddings)
+
     def tokenize(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Word ids [B, L] (0 = padding, OOV words deleted, at most max_caption_len) and lengths [B]."""
-        vocab = self.vocab if self.vocab is not None else HashVocabulary(self.word_emb_global.num_embeddings)
-        max_len = self.cfg.data.max_caption_len
+        vocab, max_len = self._vocab(), self.cfg.data.max_caption_len
         ids = []
         for caption in captions:
             if caption not in self._token_cache:
@@ -294,20 +296,22 @@ class SSAN(TBPRModel):
         return torch.sigmoid(self.wam(E_local))
 
     @torch.no_grad()
-    def wam_word_scores(self, caption: str) -> list[tuple[str, int, int, torch.Tensor]]:
-        """Fig. 8: (word, char start, char end, s [K]) for every word WAM sees in ``caption`` (eval
+    def wam_word_scores(self, captions: list[str]) -> list[list[tuple[str, int, int, torch.Tensor]]]:
+        """Fig. 8: per caption, (word, char start, char end, s [K]) for every word WAM sees (eval
         mode; out-of-vocabulary words are deleted before the Bi-LSTM, so they have no score)."""
-        words = [(m.group().replace("'", ""), m.start(), m.end())
-                 for m in re.finditer(r"[a-z0-9']+", caption.lower())]
-        kept = [(w, a, b) for w, a, b in words if w and self.tokenize([w])[0][0, 0] > 1]
-        if not kept:
-            return []
-        ids, lengths = self.tokenize([" ".join(w for w, _, _ in kept)])
+        vocab, max_len = self._vocab(), self.cfg.data.max_caption_len
+        kept = []
+        for caption in captions:
+            words = [(m.group().replace("'", ""), m.start(), m.end())
+                     for m in re.finditer(r"[a-z0-9']+", caption.lower())]
+            kept.append([(w, a, b) for w, a, b in words if w and vocab.encode(w, 1)[0] > 1][:max_len])
         was_training = self.training
         self.eval()
-        scores = self.word_part_scores(self.word_features(ids, lengths)[1])[0].cpu()
+        ids, lengths = self.tokenize([" ".join(w for w, _, _ in k) for k in kept])
+        scores = self.word_part_scores(self.word_features(ids, lengths)[1]).cpu()
         self.train(was_training)
-        return [(w, a, b, s) for (w, a, b), s in zip(kept, scores)]
+        return [[(w, a, b, s) for (w, a, b), s in zip(k, caption_scores)]
+                for k, caption_scores in zip(kept, scores)]
 
     def _text_parts(self, captions: list[str]) -> dict[str, torch.Tensor]:
         ids, lengths = self.tokenize(captions)
