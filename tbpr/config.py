@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,12 @@ from typing import Any
 import yaml
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+def cache_dir() -> Path:
+    """Root of everything tbpr caches (rendered data, experiment runs): ``$TBPR_CACHE``, default
+    ``~/.cache/tbpr``."""
+    return Path(os.environ.get("TBPR_CACHE", Path.home() / ".cache" / "tbpr"))
 PROFILES = ("paper", "quick", "smoke")
 
 

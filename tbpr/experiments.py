@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -19,16 +18,11 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .config import config_hash, to_dict
+from .config import cache_dir, config_hash, to_dict
 from .models import _lookup, create_model, get_config
 
 PACKAGE_DIR = Path(__file__).parent
 DATA_PROFILE = {"smoke": "smoke", "quick": "quick", "paper": "large"}
-
-
-def cache_dir() -> Path:
-    """Root of everything tbpr caches (rendered data, experiment results): ``$TBPR_CACHE``."""
-    return Path(os.environ.get("TBPR_CACHE", Path.home() / ".cache" / "tbpr"))
 
 
 @functools.lru_cache(maxsize=1)
@@ -113,8 +107,8 @@ def build_model(name: str, cfg, train_records):
 
 def _train(model, records, cfg, run_dir: Path, seed: int, device: str, progress: bool) -> list[dict]:
     from .data.datasets import build_train_loader
-    from .engine import fit
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    from .engine import distributed_env, fit
+    rank, world = distributed_env()
     loader = build_train_loader(records["train"], cfg.data, seed=seed, rank=rank, world_size=world)
     if not hasattr(model, "stages"):
         return fit(model, loader, cfg.train, out_dir=run_dir, seed=seed, device=device,

@@ -142,3 +142,8 @@ def test_annotation_that_is_not_a_list_is_rejected(tiny):
 def test_unknown_dataset_name_lists_the_choices(tmp_path):
     with pytest.raises(ValueError, match="rstpreid"):
         formats.load("market", tmp_path)
+
+
+def test_load_without_a_root_says_where_synthpedes_comes_from():
+    with pytest.raises(ValueError, match="ensure"):
+        formats.load("synthpedes", None)

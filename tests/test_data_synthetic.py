@@ -138,3 +138,13 @@ def test_cli_main_reuses_a_rendered_out_folder_and_writes_the_requested_layout(t
     shutil.copytree(smoke_root, out)
     assert S.main(["--profile", "smoke", "--out", str(out), "--format", "rstpreid"]) == 0
     assert (out / "data_captions.json").exists()
+
+
+def test_ensure_refuses_a_non_empty_folder_that_is_not_synthpedes(tmp_path, monkeypatch):
+    monkeypatch.setattr(S, "render", lambda profile, seed, out, workers=None: out.mkdir())
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="holds no SynthPedes"):
+        S.ensure("smoke", 0, tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # no temporary render left

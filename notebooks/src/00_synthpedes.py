@@ -165,12 +165,14 @@ train_captions = [c for r in splits["train"] for c in r.captions]
 all_captions = [c for rs in splits.values() for r in rs for c in r.captions]
 lengths = [len(text.word_tokenize(c)) for c in all_captions]
 vocab = Counter(w for c in all_captions for w in text.word_tokenize(c))
-caption_stats = pd.DataFrame({
-    dataset: {"captions": len(all_captions), "mean words / caption": round(np.mean(lengths), 1),
-              "distinct words": len(vocab),
-              "train vocabulary (count ≥ 2)": len(text.Vocabulary.build(train_captions)) - 2},
-    "CUHK-PEDES": {"captions": 80412, "mean words / caption": 23.5, "distinct words": 9408,
-                   "train vocabulary (count ≥ 2)": 4593}}, dtype=object)
+ours = {"captions": len(all_captions), "mean words / caption": float(np.mean(lengths)),
+        "distinct words": len(vocab),
+        "train vocabulary (count ≥ 2)": len(text.Vocabulary.build(train_captions)) - 2}
+cuhk = {"captions": 80412, "mean words / caption": 23.5, "distinct words": 9408,
+        "train vocabulary (count ≥ 2)": 4593}
+fmt = lambda v: f"{v:.1f}" if isinstance(v, float) else f"{v:,}"
+caption_stats = pd.DataFrame({dataset: {k: fmt(v) for k, v in ours.items()},
+                              "CUHK-PEDES": {k: fmt(v) for k, v in cuhk.items()}})
 save_table(caption_stats, figdir / "caption_statistics")
 display(caption_stats)
 

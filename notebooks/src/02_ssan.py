@@ -220,7 +220,10 @@ for (r, caption, bag_stripes), (ax_img, ax_bar) in zip(chosen, axes):
              if w in {"bag", "shirt", "jacket", "coat", "hair", "shoes", "pants", "jeans", "skirt",
                       "dress", "shorts", "backpack", "hat", "cap", "beanie", "sweater", "trousers"}]
     if words:
-        ax_bar.imshow(torch.stack([s for _, s in words]).numpy(), vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        heat = torch.stack([s for _, s in words]).numpy()
+        ax_bar.imshow(heat, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        for (i, k), v in np.ndenumerate(heat):
+            ax_bar.text(k, i, f"{v:.2f}", ha="center", va="center", color="w" if v < 0.6 else "k", fontsize=8)
         ax_bar.set_yticks(range(len(words)), [w for w, _ in words])
         ax_bar.set_xticks(range(K), [f"part {k + 1}" for k in range(K)])
     ax_bar.set_title("\n".join(re.findall(".{1,70}(?:\\s|$)", caption)) + f"\n(bag drawn in parts "

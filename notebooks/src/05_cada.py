@@ -192,8 +192,8 @@ t5_cfg = "table5" if profile == "paper" else "table5_cpu"
 t5_runs = experiments.run_many("cada", rows_of(t5_cfg, ["36/36", "72/72"]), seeds, profile, **run_kw)
 table5 = ablation_table({label: [metrics_at(r, K) for r in rs] for label, rs in t5_runs.items()},
                         {k: {"R1": a, "mAP": b} for k, (a, b) in PAPER_T5.items()}, metrics=("R1", "mAP"))
-table5.insert(0, "groups", [CADA.num_groups(get_config("cada", profile, o))
-                            for o in rows_of(t5_cfg, ["36/36", "72/72"]).values()])
+table5.insert(0, "groups", [CADA.num_groups(get_config("cada", profile, ablation_rows("cada", t5_cfg)[label]))
+                            for label in table5.index])
 save_table(table5, FIG / "table5")
 table5
 
@@ -247,8 +247,8 @@ t7_runs = experiments.run_many("cada", rows_of(t7_cfg, ["3 layers (1+1+1)", "6 l
                                **run_kw)
 table7 = ablation_table({label: [metrics_at(r, K) for r in rs] for label, rs in t7_runs.items()},
                         metrics=("R1", "mAP"))
-table7.insert(0, "attention layers", [(lambda c: c.vision.depth + 2 * c.text.depth)(get_config("cada", profile, o))
-                                      for o in rows_of(t7_cfg, ["3 layers (1+1+1)", "6 layers (2+2+2)"]).values()])
+table7.insert(0, "attention layers", [(lambda c: c.vision.depth + 2 * c.text.depth)(
+    get_config("cada", profile, ablation_rows("cada", t7_cfg)[label])) for label in table7.index])
 table7.insert(1, "params (this profile)", [f"{count_parameters(features(rs[0])[0]):,}" for rs in t7_runs.values()])
 save_table(table7, FIG / "table7")
 print("paper profile:", {k: f"{v / 1e6:.1f}M" for k, v in t7_paper.items()})

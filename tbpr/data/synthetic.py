@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
+from ..config import cache_dir
+
 VERSION = 4  # bump when the output changes: it is part of the cache key
 SIZE = (384, 128)  # H, W
 GT_FILE = "synthpedes_gt.json"
@@ -893,10 +895,6 @@ def _render_person(args):
     return out
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("TBPR_CACHE", Path.home() / ".cache" / "tbpr"))
-
-
 def render(profile: str, seed: int, out: Path, workers: int | None = None) -> Path:
     """Render SynthPedes into ``out`` (which must not exist yet) in the CUHK-PEDES layout.
 
@@ -975,6 +973,7 @@ def ensure(profile: str = "smoke", seed: int = 0, root: str | Path | None = None
             root.rmdir()
             os.rename(tmp, root)
         else:
+            shutil.rmtree(tmp, ignore_errors=True)
             raise FileExistsError(f"{root} exists but holds no SynthPedes (no reid_raw.json); "
                                   f"remove it or pass another root") from None
     return root

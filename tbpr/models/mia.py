@@ -458,3 +458,34 @@ def _as_vocabulary(vocab):
         return vocab
     from ..data.text import Vocabulary
     return Vocabulary.from_json(vocab)
+
+
+# ----------------------------------------------------------------------------- re-scoring (Tables II, III, VIII, IX)
+EVAL_ONLY = ("score", "lambda1", "lambda2")  # config fields that change scoring, not training
+
+
+def split_eval_overrides(overrides: dict) -> tuple[dict, dict]:
+    """(training overrides, evaluation-only overrides) of an ablation row: rows that differ only in
+    ``EVAL_ONLY`` fields share one trained model."""
+    overrides = overrides or {}
+    return ({k: v for k, v in overrides.items() if k not in EVAL_ONLY},
+            {k: v for k, v in overrides.items() if k in EVAL_ONLY})
+
+
+def split_scores(model: MIA, records, *, device: str = "cpu"):
+    """Encode a split once and compute every pairwise similarity of it:
+    ``(scores {"G", "I", "T", "P", "N"} -> [captions, images], text_feats, image_feats, eval_set)``."""
+    from ..evaluate import encode_split
+    text_feats, image_feats, eval_set = encode_split(model, records, model.cfg.data, device=device,
+                                                     progress=False)
+    with torch.no_grad():
+        scores = model.pairwise_scores(text_feats, image_feats)
+    return scores, text_feats, image_feats, eval_set
+
+
+def scoring_metrics(model: MIA, scores: dict, eval_set, **scoring) -> dict:
+    """Retrieval metrics of ``scores`` fused by the model's Eq. 18 settings, ``scoring`` (a subset of
+    ``EVAL_ONLY``) overriding them."""
+    from ..evaluate import retrieval_metrics
+    settings = {**{k: getattr(model.cfg, k) for k in EVAL_ONLY}, **scoring}
+    return retrieval_metrics(fuse(scores, **settings), eval_set.caption_pids, eval_set.image_pids)

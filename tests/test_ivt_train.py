@@ -1,0 +1,46 @@
+"""IVT through the shared engine and experiment runner: a smoke run trains, its checkpoint reloads
+to the same metrics, and the pre-training stage is cached and really used by the Pre rows."""
+import pytest
+import torch
+
+from tbpr import experiments
+from tbpr.evaluate import evaluate
+from tbpr.models import create_model
+from tbpr.models import ivt as ivt_module
+
+
+@pytest.fixture()
+def isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TBPR_CACHE", str(tmp_path))
+    # rendered SynthPedes is shared with the other tests: point the data at the usual cache
+    from tbpr.data import synthetic
+    monkeypatch.setattr(synthetic, "cache_dir", lambda: experiments.Path.home() / ".cache" / "tbpr")
+    return tmp_path
+
+
+def test_smoke_run_reloads_from_its_checkpoint_to_the_same_metrics(isolated_cache):
+    torch.set_num_threads(1)
+    result = experiments.run("ivt", "smoke", {"pretrain": False}, seed=0, progress=False)
+    assert result.history and all(torch.isfinite(torch.tensor(h["loss"])) for h in result.history)
+    model = result.load_model()
+    records = experiments.load_records("synthpedes", result.spec["data_root"])
+    again = evaluate(model, records["test"], model.cfg.data, progress=False)
+    for key in ("R1", "R5", "R10", "mAP", "mINP"):
+        assert again[key] == pytest.approx(result.metrics[key], abs=1e-6), key
+
+
+def test_pretraining_runs_once_and_the_pre_model_starts_from_its_encoder(isolated_cache):
+    torch.set_num_threads(1)
+    cfg_over = {"pretrain": True, "pretrain_epochs": 1}
+    first = create_model("ivt", "smoke", **cfg_over)
+    path = ivt_module.ensure_pretrained(first.cfg)
+    assert path.exists() and path.is_relative_to(isolated_cache)
+    stamp = path.stat().st_mtime_ns
+    second = create_model("ivt", "smoke", **cfg_over, mla=False, bmm=False)  # switches share it
+    assert ivt_module.ensure_pretrained(second.cfg).stat().st_mtime_ns == stamp
+    from safetensors.torch import load_file
+    weights = load_file(str(path))
+    for model in (first, second):
+        assert torch.equal(model.blocks[0].attn.qkv.weight, weights["blocks.0.attn.qkv.weight"])
+    fresh = create_model("ivt", "smoke", pretrain=False)
+    assert not torch.equal(fresh.blocks[0].attn.qkv.weight, weights["blocks.0.attn.qkv.weight"])
