@@ -296,8 +296,8 @@ if has_gt:
 
 # %%
 if pairs:
-    i, caption, (start, end), region, a, m, o, bg = next(
-        (p for p in pairs if p[3] == "upper"), pairs[0])
+    upper = [p for p in pairs if p[3] == "upper"] or pairs
+    i, caption, (start, end), region, a, m, o, bg = max(upper, key=lambda p: p[2][1] - p[2][0])  # longest phrase
     order = a.topk(top_k).indices
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), gridspec_kw={"width_ratios": [1, 3, 3]})
     image = to_display_image(load_eval_images([test[i].image_path], trained.cfg.data)[0])
