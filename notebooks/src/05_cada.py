@@ -56,7 +56,8 @@ run_kw = dict(dataset=dataset, data_root=data_root, device=device, progress=Fals
 
 
 def rows_of(table, smoke_rows=None):
-    """A table's ablation rows; the smoke profile (a test of this notebook) keeps only ``smoke_rows``."""
+    """A table's ablation rows; the smoke profile (a test of this notebook) keeps only ``smoke_rows``
+    (mostly rows equal to the full model, which is cached)."""
     rows = ablation_rows("cada", table)
     return {k: v for k, v in rows.items() if k in smoke_rows} if profile == "smoke" and smoke_rows else rows
 
@@ -168,14 +169,15 @@ PAPER_T4 = {"0 Baseline (CMPM)": (64.36, 83.36, 88.78, 58.18), "1 +NDF": (71.79,
             "4 +NDF+ATP (L)": (77.78, 91.15, 94.50, 68.46), "5 +NDF+ARA+ATP (G)": (73.48, 89.57, 94.10, 65.82),
             "6 +NDF+ARA+ATP (L)": (78.37, 91.57, 94.58, 68.87)}
 paper_t4 = {k: dict(zip(("R1", "R5", "R10", "mAP"), v)) for k, v in PAPER_T4.items()}
-t4_runs = experiments.run_many("cada", ablation_rows("cada", "table4"), seeds, profile, **run_kw)
-t4 = {"0 Baseline (CMPM)": [r.metrics for r in t4_runs["0 Baseline (CMPM)"]],
-      "1 +NDF": [r.metrics for r in t4_runs["1 +NDF"]],
-      "2 +NDF+ARA": [r.metrics for r in t4_runs["2 +NDF+ARA"]]}
+t4_runs = experiments.run_many("cada", rows_of("table4", ["0 Baseline (CMPM)", "5/6 +NDF+ARA+ATP"]), seeds, profile,
+                               **run_kw)
+t4 = {label: [r.metrics for r in t4_runs[label]] for label in ("0 Baseline (CMPM)", "1 +NDF", "2 +NDF+ARA")
+      if label in t4_runs}
 for trained, (g, l) in {"3/4 +NDF+ATP": ("3 +NDF+ATP (G)", "4 +NDF+ATP (L)"),
                         "5/6 +NDF+ARA+ATP": ("5 +NDF+ARA+ATP (G)", "6 +NDF+ARA+ATP (L)")}.items():
-    t4[g] = [metrics_at(r, 0) for r in t4_runs[trained]]
-    t4[l] = [metrics_at(r, K) for r in t4_runs[trained]]
+    if trained in t4_runs:
+        t4[g] = [metrics_at(r, 0) for r in t4_runs[trained]]
+        t4[l] = [metrics_at(r, K) for r in t4_runs[trained]]
 table4 = ablation_table(t4, paper_t4, metrics=("R1", "R5", "R10", "mAP"))
 save_table(table4, FIG / "table4")
 table4
@@ -189,7 +191,7 @@ table4
 PAPER_T5 = {"36/36": (77.78, 68.46), "36/18": (77.53, 68.31), "24/24": (77.45, 68.45),
             "48/24": (77.47, 68.43), "72/72": (77.01, 68.06)}
 t5_cfg = "table5" if profile == "paper" else "table5_cpu"
-t5_runs = experiments.run_many("cada", rows_of(t5_cfg, ["36/36", "72/72"]), seeds, profile, **run_kw)
+t5_runs = experiments.run_many("cada", rows_of(t5_cfg, ["72/72"]), seeds, profile, **run_kw)
 table5 = ablation_table({label: [metrics_at(r, K) for r in rs] for label, rs in t5_runs.items()},
                         {k: {"R1": a, "mAP": b} for k, (a, b) in PAPER_T5.items()}, metrics=("R1", "mAP"))
 table5.insert(0, "groups", [CADA.num_groups(get_config("cada", profile, ablation_rows("cada", t5_cfg)[label]))
@@ -221,7 +223,7 @@ fig3.T
 # The full model retrained with each r (the paper: r = 0.8 best on both metrics).
 
 # %%
-f4_runs = experiments.run_many("cada", rows_of("fig4", ["r=0.2", "r=0.8"]), seeds, profile, **run_kw)
+f4_runs = experiments.run_many("cada", rows_of("fig4", ["r=0.8"]), seeds, profile, **run_kw)
 fig4 = ablation_table({label: [metrics_at(r, K) for r in rs] for label, rs in f4_runs.items()},
                       metrics=("R1", "mAP"))
 save_table(fig4, FIG / "fig4_mask_rate")
@@ -243,8 +245,7 @@ fig4
 t7_paper = {label: count_parameters(create_model("cada", "paper", device="meta", **o))
             for label, o in ablation_rows("cada", "table7").items()}
 t7_cfg = "table7" if profile == "paper" else "table7_cpu"
-t7_runs = experiments.run_many("cada", rows_of(t7_cfg, ["3 layers (1+1+1)", "6 layers (2+2+2)"]), seeds, profile,
-                               **run_kw)
+t7_runs = experiments.run_many("cada", rows_of(t7_cfg, ["6 layers (2+2+2)"]), seeds, profile, **run_kw)
 table7 = ablation_table({label: [metrics_at(r, K) for r in rs] for label, rs in t7_runs.items()},
                         metrics=("R1", "mAP"))
 table7.insert(0, "attention layers", [(lambda c: c.vision.depth + 2 * c.text.depth)(
@@ -353,7 +354,7 @@ cost_df
 # ## 13 · Conclusions (generated from this run's numbers)
 
 # %%
-mean = table4.attrs["mean"]
+mean = {label: v for label, v in table4.attrs["mean"].items() if label in t4}  # rows run at this profile
 def d(a, b, m="R1"):  # noqa: E302
     return mean[b][m] - mean[a][m]
 
@@ -364,29 +365,36 @@ def verdict(delta, paper_delta, noise):
     return "reproduces in direction" if np.sign(delta) == np.sign(paper_delta) else "goes the opposite way"
 
 
-noise = max(table4.attrs["std"][k]["R1"] for k in mean) if len(seeds) > 1 else 0.0
+noise = max(table4.attrs["std"][k]["R1"] for k in mean) if len(seeds) > 1 else 0.0  # largest seed std
 r1 = mean["6 +NDF+ARA+ATP (L)"]["R1"]
-lines = [f"- Full CADA-L reaches R1 {r1:.1f}% on the SynthPedes {profile} test split "
-         f"(chance ≈ {100 / len(records['test']):.1f}%); the paper reports 78.37% on CUHK-PEDES."]
+chance_r1 = 100 / len(records["test"])
+lines = [f"- Full CADA-L reaches R1 {r1:.1f}% on the SynthPedes {profile} test split (chance ≈ {chance_r1:.1f}%"
+         + ("; far above chance" if r1 > 5 * chance_r1 else "; NOT clearly above chance: this CPU-sized, randomly "
+            "initialised model has not learned the task at this budget, so the comparisons below are noise")
+         + "); the paper reports 78.37% on CUHK-PEDES."]
 for a, b, what in [("0 Baseline (CMPM)", "1 +NDF", "NDF instead of CMPM"), ("1 +NDF", "2 +NDF+ARA", "+ARA"),
                    ("1 +NDF", "3 +NDF+ATP (G)", "+ATP (global protocol)"),
                    ("3 +NDF+ATP (G)", "4 +NDF+ATP (L)", "re-ranking (L vs G, NDF+ATP)"),
                    ("5 +NDF+ARA+ATP (G)", "6 +NDF+ARA+ATP (L)", "re-ranking (L vs G, full)"),
                    ("4 +NDF+ATP (L)", "6 +NDF+ARA+ATP (L)", "+ARA on top of ATP (L)")]:
+    if a not in mean or b not in mean:
+        continue
     ours, paper = d(a, b), paper_t4[b]["R1"] - paper_t4[a]["R1"]
     lines.append(f"- {what}: R1 {ours:+.1f} here vs {paper:+.2f} in the paper — {verdict(ours, paper, noise)}.")
 best_k = max(ks, key=lambda k: np.mean([m["R1"] for m in sweep[k]]))
 lines.append(f"- Fig. 3: R1 is highest at k = {best_k}; k = 1 already changes R1 by "
              f"{np.mean([m['R1'] for m in sweep[min(1, ks[-1])]]) - np.mean([m['R1'] for m in sweep[0]]):+.1f} over k = 0.")
 best_r = max(f4_runs, key=lambda lbl: fig4.attrs["mean"][lbl]["R1"])
-lines.append(f"- Fig. 4: the best masking rate here is {best_r} (paper: r=0.8); the spread over r is "
+lines.append(f"- Fig. 4: the best masking rate here is {best_r} of {len(f4_runs)} tried (paper: r=0.8); the spread is "
              f"{max(fig4.attrs['mean'][lbl]['R1'] for lbl in f4_runs) - min(fig4.attrs['mean'][lbl]['R1'] for lbl in f4_runs):.1f} R1 points.")
 best_t5 = max(t5_runs, key=lambda lbl: table5.attrs["mean"][lbl]["R1"])
 lines.append(f"- Table V: the best grouping here is {best_t5} (paper: 36/36).")
 t7_means = [table7.attrs["mean"][lbl]["R1"] for lbl in t7_runs]
-lines.append(f"- Table VII: R1 by depth {', '.join(f'{m:.1f}' for m in t7_means)} — "
-             + ("more attention layers help, as the paper says." if t7_means == sorted(t7_means)
-                else "not monotone in depth here, unlike the paper's claim."))
+if len(t7_means) > 1:
+    grows = all(b - a > noise for a, b in zip(t7_means, t7_means[1:]))
+    lines.append(f"- Table VII: R1 by depth {', '.join(f'{m:.1f}' for m in t7_means)} — "
+                 + ("more attention layers help, as the paper says." if grows
+                    else "no clear gain from depth here (the paper: fewer layers, lower accuracy)."))
 if gt is not None:
     pa, ch = np.mean([p["pointing_acc"] for p in pointing]), np.mean([p["chance"] for p in pointing])
     lines.append(f"- Fig. 5: word→patch maps point into the right SynthPedes region {pa:.1f}% of the time "

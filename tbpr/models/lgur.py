@@ -87,7 +87,8 @@ class LGURConfig(ModelConfig):
     visual_consistency_without_guidance: bool = True  # L_rank(f^v, f^v_𝒟) when G is off (A15)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         epochs=60, optimizer="adam", lr=1e-3, weight_decay=0.0, lr_mult=dict(CODE_LR_MULT),
-        schedule="multistep", milestones=(20, 40, 50), gamma=0.1))
+        schedule="multistep", milestones=(20, 40, 50), gamma=0.1,
+        lr_epoch_offset=1))  # the code steps its scheduler at each epoch's start (spec §4)
     data: DataConfig = field(default_factory=lambda: DataConfig(
         image_size=(384, 128), batch_size=64, sampler="random", flip=True, pad_crop=10,
         max_caption_len=100))

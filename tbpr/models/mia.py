@@ -205,9 +205,9 @@ class MIA(TBPRModel):
         # RGA (Sec. III-B2)
         self.mlp_v_rga = mlp(cfg.part_dim, cfg.mlp_hidden, d) if cfg.rga else None
         self.mlp_t_rga = mlp(d, cfg.mlp_hidden, d) if cfg.rga else None
-        # built last so a model with and one without them start steps 1-2 from the same weights
+        # stage-0 head of the CPU stand-in for ImageNet pretraining (spec 9.3), thrown away after
         self.surrogate_head = nn.Linear(c_f, cfg.num_classes) if cfg.cnn_init == "surrogate" else None
-        # BFM (Sec. III-B3)
+        # BFM (Sec. III-B3), built last so that MIA and GC + RGA start from the same weights
         self.mlp_v_bfm = mlp(cfg.part_dim, cfg.mlp_hidden, d) if cfg.bfm != "off" else None
         self.mlp_t_bfm = mlp(d, cfg.mlp_hidden, d) if cfg.bfm != "off" else None
         self.step = 2  # which loss/freeze regime training_step follows; set by enter_stage
