@@ -351,3 +351,42 @@ def test_paper_profile_parameter_count_on_meta_device():
 def test_words_tokenizer_without_vocab_is_a_clear_error():
     with pytest.raises(ValueError, match="build_for_data"):
         create_model("cada", "smoke")
+
+
+def test_blip_checkpoint_names_load_into_the_model(tmp_path):
+    model = tiny(**{"pretrained": None})
+    ours_to_blip = [  # BLIP model_base.pth naming of each of our tensors (the inverse of load_blip's table)
+        (r"^text_encoder\.word\.", "text_encoder.embeddings.word_embeddings."),
+        (r"^text_encoder\.position\.", "text_encoder.embeddings.position_embeddings."),
+        (r"^text_encoder\.norm\.", "text_encoder.embeddings.LayerNorm."),
+        (r"^text_encoder\.layers\.(\d+)\.self_attn\.out\.", r"text_encoder.encoder.layer.\1.attention.output.dense."),
+        (r"^text_encoder\.layers\.(\d+)\.self_attn\.", r"text_encoder.encoder.layer.\1.attention.self."),
+        (r"^text_encoder\.layers\.(\d+)\.self_norm\.", r"text_encoder.encoder.layer.\1.attention.output.LayerNorm."),
+        (r"^text_encoder\.layers\.(\d+)\.cross_attn\.out\.", r"text_encoder.encoder.layer.\1.crossattention.output.dense."),
+        (r"^text_encoder\.layers\.(\d+)\.cross_attn\.", r"text_encoder.encoder.layer.\1.crossattention.self."),
+        (r"^text_encoder\.layers\.(\d+)\.cross_norm\.", r"text_encoder.encoder.layer.\1.crossattention.output.LayerNorm."),
+        (r"^text_encoder\.layers\.(\d+)\.fc1\.", r"text_encoder.encoder.layer.\1.intermediate.dense."),
+        (r"^text_encoder\.layers\.(\d+)\.fc2\.", r"text_encoder.encoder.layer.\1.output.dense."),
+        (r"^text_encoder\.layers\.(\d+)\.ffn_norm\.", r"text_encoder.encoder.layer.\1.output.LayerNorm."),
+        (r"^mlm_head\.dense\.", "text_decoder.cls.predictions.transform.dense."),
+        (r"^mlm_head\.norm\.", "text_decoder.cls.predictions.transform.LayerNorm."),
+        (r"^mlm_head\.bias$", "text_decoder.cls.predictions.bias"),
+    ]
+    import re
+    blip = {}
+    for key, value in model.state_dict().items():
+        if key.startswith("itm_local_head"):
+            continue  # not in BLIP: stays random
+        for pattern, repl in ours_to_blip:
+            if re.search(pattern, key):
+                key = re.sub(pattern, repl, key)
+                break
+        blip[key] = value.clone()
+    blip["visual_encoder_m.cls_token"] = torch.zeros(1)  # momentum encoder: dropped
+    torch.save({"model": blip}, tmp_path / "model_base.pth")
+    torch.manual_seed(123)
+    loaded = create_model("cada", "smoke", vocab=WORDS, pretrained=str(tmp_path / "model_base.pth"))
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value) != (key == "itm_local_head.weight"), key
+    with pytest.raises(FileNotFoundError, match="pretrained"):
+        create_model("cada", "smoke", vocab=WORDS, pretrained=str(tmp_path / "missing.pth"))

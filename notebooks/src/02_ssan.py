@@ -291,7 +291,7 @@ ATTRIBUTE_WORDS = [w for w in ("hat", "cap", "beanie", "hair", "shirt", "jacket"
                                "bag", "backpack", "umbrella", "phone") if w in final_scores]
 fig, ax = plt.subplots(figsize=(5, 0.35 * len(ATTRIBUTE_WORDS) + 1.2))
 heat = torch.stack([final_scores[w] for w in ATTRIBUTE_WORDS]).numpy()
-ax.imshow(heat, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+fig.colorbar(ax.imshow(heat, vmin=0, vmax=1, cmap="viridis", aspect="auto"), ax=ax, label="s_i^k")
 ax.set_yticks(range(len(ATTRIBUTE_WORDS)), ATTRIBUTE_WORDS)
 ax.set_xticks(range(K), [f"part {k + 1}" for k in range(K)])
 ax.set_title("mean WAM score per word and part (test captions)")
