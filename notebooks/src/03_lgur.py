@@ -45,7 +45,7 @@ from tbpr.models.lgur import FrozenTextCache
 from tbpr.viz import (ablation_table, overlay_heatmap, plot_history, save_figure, save_table, to_display_image,
                       to_markdown)
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # small tensors: a second thread buys little and hurts on a shared machine
 seeds = experiments.default_seeds(profile) if seeds is None else list(seeds)
 fig_dir = Path(out_dir) / "lgur"
 fig_dir.mkdir(parents=True, exist_ok=True)
