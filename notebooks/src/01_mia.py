@@ -43,6 +43,8 @@ from tbpr.models.mia import fuse, scoring_metrics, split_eval_overrides, split_s
 from tbpr.viz import ablation_table, plot_history, retrieval_grid, save_figure, save_table
 
 START = time.time()
+if device == "cpu" and profile == "smoke":
+    torch.set_num_threads(1)  # smoke-sized ops are too small for a second thread to pay off
 seeds = experiments.default_seeds(profile) if seeds is None else list(seeds)
 OUT = Path(out_dir) / "mia"
 OUT.mkdir(parents=True, exist_ok=True)
