@@ -60,7 +60,6 @@ class TextConfig:
     ffn: int = 3072
     dropout: float = 0.1
     max_positions: int = 512
-    pre_norm: bool = False  # BERT is post-LN; the random-init CPU profiles use pre-LN (+ a final LN) to train
 
 
 @dataclass
@@ -288,7 +287,6 @@ class BertLayer(nn.Module):
 
     def __init__(self, cfg: TextConfig, image_width: int, cross_attention: bool):
         super().__init__()
-        self.pre_norm = cfg.pre_norm
         self.self_attn = Attention(cfg.width, cfg.heads, cfg.width, cfg.dropout)
         self.self_norm = nn.LayerNorm(cfg.width, eps=1e-12)
         if cross_attention:  # only the decoder path has it; a pure dual encoder (Table IV rows 0-1) has none
@@ -300,24 +298,12 @@ class BertLayer(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x, pad_bias, image_tokens=None, return_probs=False):
-        if self.pre_norm:
-            return self._forward_pre_norm(x, pad_bias, image_tokens, return_probs)
         s = self.self_norm(x + self.drop(self.self_attn(x, x, pad_bias)[0]))  # S = LN(X + MHSA(X))
         probs = None
         if image_tokens is not None:  # C = LN(S + MHCA(S, V)); encoder mode: C = S
             ca, probs = self.cross_attn(s, image_tokens, return_probs=return_probs)
             s = self.cross_norm(s + self.drop(ca))
         return self.ffn_norm(s + self.drop(self.fc2(F.gelu(self.fc1(s))))), probs  # X = LN(C + FFN(C))
-
-    def _forward_pre_norm(self, x, pad_bias, image_tokens, return_probs):
-        """CPU-profile variant: X + MHSA(LN(X)), + MHCA(LN(.), V), + FFN(LN(.)) (same modules)."""
-        h = self.self_norm(x)
-        x = x + self.drop(self.self_attn(h, h, pad_bias)[0])
-        probs = None
-        if image_tokens is not None:
-            ca, probs = self.cross_attn(self.cross_norm(x), image_tokens, return_probs=return_probs)
-            x = x + self.drop(ca)
-        return x + self.drop(self.fc2(F.gelu(self.fc1(self.ffn_norm(x))))), probs
 
 
 class TextTransformer(nn.Module):
@@ -330,8 +316,6 @@ class TextTransformer(nn.Module):
         self.norm = nn.LayerNorm(cfg.width, eps=1e-12)
         self.drop = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(BertLayer(cfg, image_width, cross_attention) for _ in range(cfg.depth))
-        if cfg.pre_norm:  # a pre-LN stack needs a last LN (post-LN BERT ends normalised already)
-            self.final_norm = nn.LayerNorm(cfg.width, eps=1e-12)
 
     def forward(self, ids, attention_mask, image_tokens=None, return_probs=False):
         """-> (hidden [B, T, d], per-layer CA probabilities [B, heads, T, Np+1] when asked)."""
@@ -344,8 +328,6 @@ class TextTransformer(nn.Module):
         for layer in self.layers:
             x, probs = layer(x, pad_bias, image_tokens, return_probs)
             maps.append(probs)
-        if hasattr(self, "final_norm"):
-            x = self.final_norm(x)
         return x, maps
 
 
