@@ -175,9 +175,9 @@ def random_captions(n: int, seed=0, length=(12, 30)) -> list[str]:
     return [" ".join(rng.choice(WORDS, rng.integers(*length))) for _ in range(n)]
 
 
-def _build_model(name: str, profile: str, device):
+def _build_model(name: str, profile: str, device, overrides: dict | None = None):
     model_cls, _ = _lookup(name)
-    extra = {}
+    extra = dict(overrides or {})
     if "vocab" in getattr(model_cls, "init_kwargs", ()):
         from .data.text import Vocabulary
         extra["vocab"] = Vocabulary.build(random_captions(200), min_count=1)
@@ -248,15 +248,17 @@ def _time_inference(model, cfg, device, num_images: int, num_captions: int, batc
 
 
 def bench_model(name: str, profile: str = "quick", *, train_steps: int = 20, device="cpu",
-                num_images: int = 256, num_captions: int = 512, verbose=True) -> dict:
+                num_images: int = 256, num_captions: int = 512, overrides: dict | None = None,
+                verbose=True) -> dict:
     """Training images/s and inference ms/query for a CUHK-PEDES-sized test split (3,074 images,
     6,156 captions), through the model contract with random images and captions.
 
     Inference is measured on ``num_images`` images and ``num_captions`` captions and extrapolated
     linearly to the full split (encoding per item, scoring per query×gallery pair, re-ranking of
     the top 32 per query when the model has ``rerank``); ``extrapolated`` says when that happened.
+    ``overrides`` are config overrides, e.g. no pretrained weights for the paper profile offline.
     """
-    model = _build_model(name, profile, device)
+    model = _build_model(name, profile, device, overrides)
     cfg = model.cfg
     train_ips = _time_training(model, cfg, train_steps, device)
     num_images, num_captions = min(num_images, CUHK_GALLERY), min(num_captions, CUHK_QUERIES)
@@ -308,7 +310,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=CUHK_QUERIES, help="eval benchmark queries")
     parser.add_argument("--gallery", type=int, default=CUHK_GALLERY, help="eval benchmark gallery size")
     parser.add_argument("--ids", type=int, default=CUHK_IDS, help="eval benchmark identities")
+    parser.add_argument("--set", nargs="*", metavar="KEY=VALUE", default=[],
+                        help="model config overrides, e.g. vision_pretrained=null offline")
     args = parser.parse_args(argv)
+    from .cli import _overrides
     models = available_models()
     if args.target not in ("eval", "all", *models):
         parser.error(f"unknown target {args.target!r}; choose 'eval', 'all' or a model: {models}")
@@ -318,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown_table([_eval_row(result)]) + "\n")
     targets = models if args.target == "all" else [] if args.target == "eval" else [args.target]
     rows = [_model_row(bench_model(name, args.profile, train_steps=args.train_steps,
-                                   device=args.device, verbose=False)) for name in targets]
+                                   device=args.device, overrides=_overrides(args.set),
+                                   verbose=False)) for name in targets]
     if rows:
         print(markdown_table(rows))
     return 0
