@@ -18,13 +18,14 @@ HERE = Path(__file__).parent
 CELL = re.compile(r"^# %%(?P<md> \[markdown\])?(?: tags=(?P<tags>\[.*\]))?\s*$")
 
 
-def _cell(kind: str, lines: list[str], tags: list[str]) -> dict:
+def _cell(kind: str, lines: list[str], tags: list[str], index: int) -> dict:
     while lines and not lines[-1].strip():
         lines.pop()
     if kind == "markdown":
         lines = [ln[2:] if ln.startswith("# ") else ln.lstrip("#") for ln in lines]
     source = [ln + "\n" for ln in lines[:-1]] + lines[-1:]
-    cell = {"cell_type": kind, "metadata": {"tags": tags} if tags else {}, "source": source}
+    cell = {"cell_type": kind, "id": f"cell-{index}", "metadata": {"tags": tags} if tags else {},
+            "source": source}
     if kind == "code":
         cell.update(execution_count=None, outputs=[])
     return cell
@@ -36,14 +37,14 @@ def to_notebook(text: str) -> dict:
         m = CELL.match(line)
         if m:
             if kind is not None:
-                cells.append(_cell(kind, lines, tags))
+                cells.append(_cell(kind, lines, tags, len(cells)))
             kind = "markdown" if m["md"] else "code"
             tags = json.loads(m["tags"]) if m["tags"] else []
             lines = []
         elif kind is not None:
             lines.append(line)
     if kind is not None:
-        cells.append(_cell(kind, lines, tags))
+        cells.append(_cell(kind, lines, tags, len(cells)))
     return {
         "cells": cells,
         "metadata": {
