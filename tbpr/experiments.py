@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib
 import json
+import os
 import shutil
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,6 +25,8 @@ from .config import cache_dir, config_hash, to_dict
 from .models import _lookup, create_model, get_config
 
 PACKAGE_DIR = Path(__file__).parent
+# modules that cannot change a trained model or its metrics: editing them keeps the cache valid
+PRESENTATION = {"bench.py", "cli.py", "explorer.py", "reproduce.py", "summary.py", "viz"}
 DATA_PROFILE = {"smoke": "smoke", "quick": "quick", "paper": "large"}
 
 
@@ -30,7 +35,9 @@ def code_version() -> str:
     """Hash of the library's source: a result computed by other code is never reused."""
     digest = hashlib.sha256()
     for path in sorted(PACKAGE_DIR.rglob("*")):
-        if path.suffix in {".py", ".yaml", ".json"} and "__pycache__" not in path.parts:
+        top = path.relative_to(PACKAGE_DIR).parts[0]
+        if path.suffix in {".py", ".yaml", ".json"} and "__pycache__" not in path.parts \
+                and top not in PRESENTATION:
             digest.update(path.relative_to(PACKAGE_DIR).as_posix().encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
@@ -123,29 +130,40 @@ def _train(model, records, cfg, run_dir: Path, seed: int, device: str, progress:
     return history
 
 
+def run_spec(model: str, profile: str, overrides: dict | None, dataset: str, data_root, seed: int,
+             device: str) -> tuple[dict, str]:
+    """What identifies a run, and its cache key (the overrides are recorded, the config is hashed)."""
+    cfg = get_config(model, profile, overrides)
+    root = resolve_data_root(dataset, data_root, profile)
+    spec = {"model": model, "profile": profile, "config": to_dict(cfg), "dataset": dataset,
+            "data_root": str(root), "seed": seed, "device": str(device).split(":")[0],
+            "code": code_version()}
+    return {**spec, "overrides": overrides or {}}, f"{model}-{profile}-{config_hash(spec)}"
+
+
 def run(model: str, profile: str = "quick", overrides: dict | None = None, *,
         dataset: str = "synthpedes", data_root=None, seed: int = 0, device: str = "cpu",
-        rerank_k: int = 0, cache: bool = True, progress: bool = True) -> Result:
+        rerank_k: int = 0, cache: bool = True, progress: bool = True,
+        cache_only: bool = False) -> Result | None:
     """Train ``model`` at ``profile`` (+ ``overrides``) on ``dataset`` and evaluate on its test split.
 
     Training and evaluation are cached separately: a run evaluated under another protocol (e.g.
-    ``rerank_k=32`` after ``rerank_k=0``) reuses the trained checkpoint.
+    ``rerank_k=32`` after ``rerank_k=0``) reuses the trained checkpoint. ``cache_only`` returns
+    None instead of training when the trained checkpoint is not cached.
     """
     from .engine import seed_everything
     from .evaluate import evaluate
 
-    cfg = get_config(model, profile, overrides)
-    root = resolve_data_root(dataset, data_root, profile)
-    spec = {"model": model, "profile": profile, "overrides": overrides or {},
-            "config": to_dict(cfg), "dataset": dataset, "data_root": str(root), "seed": seed,
-            "device": str(device).split(":")[0], "code": code_version()}
-    key = f"{model}-{profile}-{config_hash(spec)}"
+    spec, key = run_spec(model, profile, overrides, dataset, data_root, seed, device)
+    cfg, root = get_config(model, profile, overrides), spec["data_root"]
     run_dir = cache_dir() / "experiments" / key
     result_path = run_dir / (f"result-rerank{rerank_k}.json" if rerank_k else "result.json")
     trained_path = run_dir / "trained.json"
     if cache and result_path.exists():
         return Result.read(result_path)
 
+    if cache_only and not trained_path.exists():
+        return None
     records = load_records(dataset, root)
     if cache and trained_path.exists():
         trained = json.loads(trained_path.read_text())
@@ -167,15 +185,72 @@ def run(model: str, profile: str = "quick", overrides: dict | None = None, *,
     return result
 
 
+def default_workers(device: str = "cpu") -> int:
+    """Runs trained side by side: one per CPU core (``$TBPR_WORKERS`` overrides), one on a GPU."""
+    if os.environ.get("TBPR_WORKERS"):
+        return max(1, int(os.environ["TBPR_WORKERS"]))
+    return 1 if str(device) != "cpu" else max(1, min(os.cpu_count() or 1, 4))
+
+
+def _run_in_worker(module: str, threads: int, model: str, profile: str, overrides: dict,
+                   seed: int, kwargs: dict) -> "Result":
+    import torch
+    importlib.import_module(module)  # registers the model in this fresh process
+    torch.set_num_threads(threads)
+    return run(model, profile, overrides, seed=seed, **{**kwargs, "progress": False})
+
+
+def _one_per_key(model, profile, rows, todo, kwargs) -> list:
+    """Jobs with distinct cache keys: two rows that resolve to one config train once."""
+    unique = {}
+    for label, s in todo:
+        _, key = run_spec(model, profile, rows[label], kwargs.get("dataset", "synthpedes"),
+                          kwargs.get("data_root"), s, kwargs.get("device", "cpu"))
+        unique.setdefault(key, (label, s))
+    return list(unique.values())
+
+
 def run_many(model: str, rows: dict[str, dict], seeds=None, profile: str = "quick",
-             **kwargs) -> dict[str, list[Result]]:
-    """Every ablation row × seed: ``{row label: [Result per seed]}`` (cached like ``run``)."""
+             workers: int | None = None, **kwargs) -> dict[str, list[Result]]:
+    """Every ablation row × seed: ``{row label: [Result per seed]}`` (cached like ``run``).
+
+    Runs missing from the cache train in ``workers`` processes with one CPU core each (a small
+    model on one core trains faster than on two, so two runs side by side double the throughput);
+    the results do not depend on ``workers``.
+    """
     seeds = default_seeds(profile) if seeds is None else list(seeds)
+    workers = default_workers(kwargs.get("device", "cpu")) if workers is None else workers
+    if not kwargs.get("cache", True):
+        workers = 1  # parallel runs hand their results over through the cache
     jobs = [(label, s) for label in rows for s in seeds]
-    out: dict[str, list[Result]] = {label: [] for label in rows}
-    for label, s in tqdm(jobs, desc=f"{model} runs", disable=not kwargs.get("progress", True)):
-        out[label].append(run(model, profile, rows[label], seed=s, **kwargs))
-    return out
+    out: dict[str, dict[int, Result]] = {label: {} for label in rows}
+    progress = kwargs.get("progress", True)
+    bar = tqdm(total=len(jobs), desc=f"{model} runs", disable=not progress)
+    todo = []
+    for label, s in jobs:
+        done = run(model, profile, rows[label], seed=s, cache_only=workers > 1, **kwargs)
+        if done is None:
+            todo.append((label, s))
+            continue
+        out[label][s] = done
+        bar.update()
+    if todo:
+        todo = _one_per_key(model, profile, rows, todo, kwargs)
+        bar.total = bar.n + len(todo)
+        import multiprocessing
+        module = _lookup(model)[0].__module__
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        with ProcessPoolExecutor(min(workers, len(todo)),
+                                 mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(_run_in_worker, module, threads, model, profile, rows[label],
+                                   s, kwargs): (label, s) for label, s in todo}
+            for future in as_completed(futures):
+                future.result()
+                bar.update()
+        for label, s in jobs:  # every job, trained once per key, is now in the cache
+            out[label].setdefault(s, run(model, profile, rows[label], seed=s, **kwargs))
+    bar.close()
+    return {label: [out[label][s] for s in seeds] for label in rows}
 
 
 def metrics_of(results: dict[str, list[Result]]) -> dict[str, list[dict]]:

@@ -69,3 +69,13 @@ def test_another_eval_protocol_reuses_the_trained_checkpoint(smoke_root, monkeyp
     reranked = _run(root=smoke_root, seed=0, rerank_k=5)
     assert reranked.key == first.key and reranked.spec["rerank_k"] == 5
     assert reranked.metrics["R1"] == pytest.approx(first.metrics["R1"])  # same scores, same order
+
+
+def test_run_many_in_parallel_workers_matches_one_process(smoke_root, tmp_path, monkeypatch):
+    rows = {"dim 16": {}, "dim 8": {"dim": 8}, "dim 8 again": {"dim": 8}}
+    kw = dict(seeds=[0, 1], profile="paper", data_root=smoke_root, progress=False)
+    serial = experiments.metrics_of(experiments.run_many("toy", rows, workers=1, **kw))
+    monkeypatch.setenv("TBPR_CACHE", str(tmp_path))  # an empty cache: the workers must train
+    parallel = experiments.run_many("toy", rows, workers=2, **kw)
+    assert experiments.metrics_of(parallel) == serial
+    assert parallel["dim 8"][0].key == parallel["dim 8 again"][0].key  # one config, trained once

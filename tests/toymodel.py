@@ -1,4 +1,5 @@
 """A tiny dual encoder registered as model "toy": the test double for runner / explorer tests."""
+import zlib
 from dataclasses import dataclass, field
 
 import torch
@@ -32,7 +33,7 @@ class Toy(TBPRModel):
         return F.normalize(self.image_proj(pooled), dim=-1)
 
     def encode_texts(self, captions):
-        ids = [torch.tensor([hash(w) % self.cfg.buckets for w in c.lower().split()] or [0]) for c in captions]
+        ids = [torch.tensor([zlib.crc32(w.encode()) % self.cfg.buckets for w in c.lower().split()] or [0]) for c in captions]
         offsets = torch.tensor([0] + [len(i) for i in ids[:-1]]).cumsum(0)
         return F.normalize(self.words(torch.cat(ids), offsets), dim=-1)
 
