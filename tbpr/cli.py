@@ -1,4 +1,4 @@
-"""The ``tbpr`` command line: synth, train, eval, bench, reproduce, params."""
+"""The ``tbpr`` command line: synth, train, eval, bench, reproduce, summary, params."""
 from __future__ import annotations
 
 import argparse
@@ -66,7 +66,14 @@ def cmd_bench(args) -> None:
 
 def cmd_reproduce(args) -> None:
     from .reproduce import run_notebooks
-    run_notebooks(args.profile, only=args.only, device=args.device)
+    run_notebooks(args.profile, only=args.only, device=args.device, force=args.force)
+
+
+def cmd_summary(args) -> None:
+    from .summary import update_readme, write_summary
+    print(write_summary())
+    if args.readme:
+        print(update_readme())
 
 
 def cmd_params(args) -> None:
@@ -122,7 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="quick", choices=PROFILES)
     p.add_argument("--only", nargs="*", help="notebook name prefixes, e.g. 00 02_ssan")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--force", action="store_true", help="re-execute notebooks already executed")
     p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("summary", help="write figures/summary.md from the notebooks' outputs")
+    p.add_argument("--readme", action="store_true", help="also regenerate the README's results section")
+    p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser("params", help="parameter table of a model (built on the meta device)")
     _model_args(p)

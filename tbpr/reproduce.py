@@ -23,11 +23,38 @@ def missing(directory: Path) -> list[str]:
     return [name for name in EXPECTED if name not in present]
 
 
+def _already_done(nb: Path, executed: Path, profile: str) -> bool:
+    """An executed copy at this profile, newer than the notebook, that finished without error."""
+    import json
+    if not executed.exists() or executed.stat().st_mtime < nb.stat().st_mtime:
+        return False
+    meta = json.loads(executed.read_text()).get("metadata", {}).get("papermill", {})
+    return meta.get("parameters", {}).get("profile") == profile and not meta.get("exception")
+
+
+def _write_provenance(figures_dir: Path, nb: Path, profile: str, seconds: float) -> None:
+    from .experiments import code_version
+    folder = figures_dir / nb.stem.split("_", 1)[1]
+    if folder.is_dir():
+        (folder / "run.md").write_text(
+            f"`{nb.name}` executed at profile `{profile}` on {time.strftime('%Y-%m-%d')} in "
+            f"{seconds / 60:.1f} min (2-core CPU unless stated; code version `{code_version()}`).\n")
+
+
 def run_notebooks(profile: str = "quick", *, only: list[str] | None = None,
                   notebook_dir: Path | None = None, out_dir: Path | None = None,
-                  figures_dir: Path | None = None, device: str = "cpu") -> dict[str, float]:
-    """Execute the notebooks (all, or those whose name starts with one of ``only``)."""
+                  figures_dir: Path | None = None, device: str = "cpu",
+                  force: bool = False) -> dict[str, float]:
+    """Execute the notebooks (all, or those whose name starts with one of ``only``) in order.
+
+    A notebook already executed at ``profile`` after its last change is skipped unless ``force``;
+    training runs are cached, so a re-executed notebook only computes what changed. Ends by
+    rewriting ``figures/summary.md``.
+    """
     import papermill
+    from tqdm.auto import tqdm
+
+    from .summary import write_summary
 
     notebook_dir = Path(notebook_dir or REPO / "notebooks")
     out_dir = Path(out_dir or notebook_dir / "executed")
@@ -39,13 +66,20 @@ def run_notebooks(profile: str = "quick", *, only: list[str] | None = None,
     for name in missing(notebook_dir):
         print(f"[tbpr reproduce] notebook {name}.ipynb does not exist yet: skipped")
     times = {}
-    for nb in chosen:
-        print(f"[tbpr reproduce] {nb.name} at profile={profile}", flush=True)
+    overall = tqdm(chosen, desc=f"reproduce ({profile})", unit="notebook")
+    for nb in overall:
+        overall.set_postfix_str(nb.stem)
+        if not force and _already_done(nb, out_dir / nb.name, profile):
+            overall.write(f"[tbpr reproduce] {nb.name}: already executed at {profile}, skipped "
+                          "(--force re-executes)")
+            continue
         start = time.perf_counter()
         papermill.execute_notebook(
             str(nb), str(out_dir / nb.name), cwd=str(notebook_dir), kernel_name="python3",
             parameters={"profile": profile, "out_dir": str(figures_dir), "device": device},
             progress_bar=False)
         times[nb.stem] = time.perf_counter() - start
-        print(f"[tbpr reproduce] {nb.name} done in {times[nb.stem]:.0f} s", flush=True)
+        _write_provenance(figures_dir, nb, profile, times[nb.stem])
+        overall.write(f"[tbpr reproduce] {nb.name} done in {times[nb.stem]:.0f} s")
+    print(f"[tbpr reproduce] summary: {write_summary(figures_dir)}")
     return times

@@ -13,7 +13,7 @@ def _tbpr(*args):
 
 def test_help_lists_every_subcommand():
     out = _tbpr("--help").stdout
-    for name in ("synth", "train", "eval", "bench", "reproduce", "params"):
+    for name in ("synth", "train", "eval", "bench", "reproduce", "summary", "params"):
         assert name in out
 
 

@@ -1,0 +1,63 @@
+"""figures/summary.md and the README's results section are gathered from what the notebooks wrote."""
+import json
+
+import pytest
+
+from tbpr import reproduce, summary
+
+
+def _figures(tmp_path):
+    figs = tmp_path / "figures"
+    (figs / "ssan").mkdir(parents=True)
+    (figs / "ssan" / "conclusions.md").write_text("- SSAN reaches R1 12.3 here.\n")
+    (figs / "ssan" / "table2.md").write_text("| row | R1 | R1 (paper) |\n|---|---|---|\n| SSAN | 12.3 | 61.37 |\n")
+    (figs / "ssan" / "fig8_wam.png").write_bytes(b"png")
+    (figs / "comparison").mkdir()
+    (figs / "comparison" / "comparison.md").write_text("| method | R1 |\n|---|---|\n| SSAN | 12.3 |\n")
+    return figs
+
+
+def test_summary_holds_every_table_conclusion_and_figure(tmp_path):
+    text = summary.write_summary(_figures(tmp_path)).read_text()
+    assert "## 02 · SSAN" in text and "SSAN reaches R1 12.3 here." in text
+    assert "| SSAN | 12.3 | 61.37 |" in text and "![fig8_wam](ssan/fig8_wam.png)" in text
+    assert text.index("02 · SSAN") < text.index("06 · Side-by-side comparison")
+
+
+def test_summary_without_outputs_says_what_to_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="tbpr reproduce"):
+        summary.write_summary(tmp_path)
+
+
+def test_readme_results_section_is_replaced_between_markers_only(tmp_path):
+    figs = _figures(tmp_path)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# intro\n{summary.README_BEGIN}\nold numbers\n{summary.README_END}\n## after\n")
+    text = summary.update_readme(readme, figs).read_text()
+    assert "old numbers" not in text and text.startswith("# intro\n") and text.endswith("## after\n")
+    assert "| SSAN | 12.3 |" in text and "SSAN reaches R1 12.3 here." in text
+    assert summary.update_readme(readme, figs).read_text() == text  # idempotent
+
+
+def test_readme_without_markers_is_a_clear_error(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# no markers\n")
+    with pytest.raises(ValueError, match="results markers"):
+        summary.update_readme(readme, _figures(tmp_path))
+
+
+def test_reproduce_skips_a_notebook_executed_at_the_same_profile_after_its_last_change(tmp_path):
+    nb, executed = tmp_path / "01_x.ipynb", tmp_path / "executed.ipynb"
+    nb.write_text("{}")
+    meta = {"metadata": {"papermill": {"parameters": {"profile": "quick"}, "exception": None}}}
+    executed.write_text(json.dumps(meta))
+    assert reproduce._already_done(nb, executed, "quick")
+    assert not reproduce._already_done(nb, executed, "smoke")
+    meta["metadata"]["papermill"]["exception"] = True
+    executed.write_text(json.dumps(meta))
+    assert not reproduce._already_done(nb, executed, "quick")
+
+
+def test_the_repository_readme_has_the_generated_results_section():
+    text = (reproduce.REPO / "README.md").read_text()
+    assert summary.README_BEGIN in text and summary.README_END in text
