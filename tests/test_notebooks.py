@@ -1,6 +1,10 @@
-"""Every notebook is in sync with its source, starts with the papermill parameters cell, and executes
-headless at the smoke profile."""
+"""Every notebook is in sync with its source, is committed without outputs or machine paths, starts
+with the papermill parameters cell, executes headless at the smoke profile (papermill), and
+re-executes under nbval with its deterministic cells (``# NBVAL_CHECK_OUTPUT``) printing the same."""
 import json
+import os
+import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,6 +25,15 @@ def test_notebook_is_built_from_its_source(src):
     ipynb = NB_DIR / f"{src.stem}.ipynb"
     assert ipynb.exists(), f"run: python notebooks/build.py {src.stem}"
     assert ipynb.read_text() == build.render(src), f"stale notebook; run: python notebooks/build.py {src.stem}"
+
+
+@pytest.mark.parametrize("src", SOURCES, ids=lambda p: p.stem)
+def test_committed_notebook_has_no_outputs_or_machine_paths(src):
+    text = (NB_DIR / f"{src.stem}.ipynb").read_text()
+    cells = json.loads(text)["cells"]
+    assert all(not c.get("outputs") and c.get("execution_count") is None
+               for c in cells if c["cell_type"] == "code"), "committed with outputs; rebuild it"
+    assert not re.search(r"(/home/|/root/|/Users/|/work/|/tmp/|[A-Z]:\\\\)", text), "absolute path"
 
 
 @pytest.mark.parametrize("src", SOURCES, ids=lambda p: p.stem)
@@ -52,3 +65,10 @@ def test_notebook_executes_at_smoke_profile(src, tmp_path):
     elapsed = time.perf_counter() - start
     assert any((tmp_path / "figures").rglob("*.png")), "the notebook wrote no figure"
     print(f"{src.stem}: {elapsed:.0f} s")
+    # nbval re-executes the papermill output (its training runs now come from the cache) and
+    # compares the cells marked NBVAL_CHECK_OUTPUT with what papermill stored
+    nbval = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
+         "--nbval-current-env", "--nbval-cell-timeout=600", str(tmp_path / f"{src.stem}.ipynb")],
+        capture_output=True, text=True, cwd=tmp_path, env=os.environ.copy())
+    assert nbval.returncode == 0, nbval.stdout[-3000:] + nbval.stderr[-2000:]

@@ -53,6 +53,7 @@ gt = synthetic.load_ground_truth(root) if synth else None
 # per identity, two captions per image) at a size a laptop trains on; `large` matches its scale.
 
 # %%
+# NBVAL_CHECK_OUTPUT
 CUHK_PEDES = {"train": (11003, 34054, 68108), "val": (1000, 3078, 6158),
               "test": (1000, 3074, 6156)}  # ids / images / captions (shared/specs/ssan.md §5.2)
 stats = formats.split_statistics(splits)

@@ -84,6 +84,7 @@ pd.DataFrame({"paper": shape_rows(cfg_paper), profile: shape_rows(cfg_here)})
 # identities). The ID classifier is training-only.
 
 # %%
+# NBVAL_CHECK_OUTPUT
 sizes = {}
 for label, overrides in {"VGG-16 (Tables II-VI)": {}, "ResNet-50 (Table VII)": {"cnn": "resnet50"}}.items():
     model = create_model("mia", "paper", device="meta", **overrides)

@@ -92,6 +92,7 @@ pd.DataFrame({f"{profile}": ours, "paper": paper})
 # used in training only.
 
 # %%
+# NBVAL_CHECK_OUTPUT
 SPEC_COUNTS = {"visual": 23_508_032, "bilstm": 41_943_040, "word_emb_global": 2_560_000,
                "word_emb_local": 2_560_000, "W_g": 2_097_152, "W_l": 12_582_912, "wam": 12_288,
                "mvnln": 12_595_200}

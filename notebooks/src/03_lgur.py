@@ -100,6 +100,7 @@ display(shape_df)
 # reference column is the spec's budget (§2.8), worked out from the official code. BERT is frozen.
 
 # %%
+# NBVAL_CHECK_OUTPUT
 meta = create_model("lgur", "paper", device="meta")
 ours = parameter_table(meta)
 spec_budget = {"visual": "≈19.9 M (DeiT-S, 11 blocks)", "text_encoder": "110 M (BERT, frozen)",

@@ -110,6 +110,7 @@ display(pd.DataFrame([(n, p, "×".join(map(str, s))) for n, p, s in rows],
 # (shapes only, nothing allocated) and counted; the split shows what the modalities share.
 
 # %%
+# NBVAL_CHECK_OUTPUT
 def parameter_split(model):
     groups = {"shared: LayerNorms + self-attention + final LN": 0, "image only: patch/cls/pos/type + image MLPs": 0,
               "text only: BERT embeddings + text MLPs": 0}

@@ -103,6 +103,7 @@ print("masked  :", " ".join(model.tokenizer.decode(int(i)) for i in masked_ids[0
 # (≈137M incl. embeddings).
 
 # %%
+# NBVAL_CHECK_OUTPUT
 paper_model = create_model("cada", "paper", device="meta")
 table = parameter_table(paper_model)
 expected = {"visual_encoder": "≈86M (ViT-B/16)", "text_encoder": "≈137M (BERT-base + 12 CA)"}
