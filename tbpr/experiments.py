@@ -30,15 +30,20 @@ PRESENTATION = {"bench.py", "cli.py", "explorer.py", "reproduce.py", "summary.py
 DATA_PROFILE = {"smoke": "smoke", "quick": "quick", "paper": "large"}
 
 
-@functools.lru_cache(maxsize=1)
-def code_version() -> str:
-    """Hash of the library's source: a result computed by other code is never reused."""
+@functools.lru_cache(maxsize=None)
+def code_version(model: str | None = None) -> str:
+    """Hash of the library source a run of ``model`` depends on: a result computed by other code is
+    never reused. Another paper's model file and presets are left out, so finishing one paper does
+    not invalidate the cached runs of the others."""
+    from .models import MODEL_NAMES
+    others = {f"models/{m}.py" for m in MODEL_NAMES if m != model} | \
+        {f"configs/{m}.yaml" for m in MODEL_NAMES if m != model}
     digest = hashlib.sha256()
     for path in sorted(PACKAGE_DIR.rglob("*")):
-        top = path.relative_to(PACKAGE_DIR).parts[0]
-        if path.suffix in {".py", ".yaml", ".json"} and "__pycache__" not in path.parts \
-                and top not in PRESENTATION:
-            digest.update(path.relative_to(PACKAGE_DIR).as_posix().encode())
+        rel = path.relative_to(PACKAGE_DIR)
+        if path.suffix in {".py", ".yaml", ".json"} and "__pycache__" not in rel.parts \
+                and rel.parts[0] not in PRESENTATION and rel.as_posix() not in others:
+            digest.update(rel.as_posix().encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
 
@@ -137,7 +142,7 @@ def run_spec(model: str, profile: str, overrides: dict | None, dataset: str, dat
     root = resolve_data_root(dataset, data_root, profile)
     spec = {"model": model, "profile": profile, "config": to_dict(cfg), "dataset": dataset,
             "data_root": str(root), "seed": seed, "device": str(device).split(":")[0],
-            "code": code_version()}
+            "code": code_version(model)}
     return {**spec, "overrides": overrides or {}}, f"{model}-{profile}-{config_hash(spec)}"
 
 
@@ -219,7 +224,8 @@ def run_many(model: str, rows: dict[str, dict], seeds=None, profile: str = "quic
     the results do not depend on ``workers``.
     """
     seeds = default_seeds(profile) if seeds is None else list(seeds)
-    workers = default_workers(kwargs.get("device", "cpu")) if workers is None else workers
+    if workers is None:  # smoke runs take seconds: starting a worker process would cost more
+        workers = 1 if profile == "smoke" else default_workers(kwargs.get("device", "cpu"))
     if not kwargs.get("cache", True):
         workers = 1  # parallel runs hand their results over through the cache
     jobs = [(label, s) for label in rows for s in seeds]

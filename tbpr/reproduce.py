@@ -34,11 +34,12 @@ def _already_done(nb: Path, executed: Path, profile: str) -> bool:
 
 def _write_provenance(figures_dir: Path, nb: Path, profile: str, seconds: float) -> None:
     from .experiments import code_version
+    from .models import MODEL_NAMES
     folder = figures_dir / nb.stem.split("_", 1)[1]
     if folder.is_dir():
         (folder / "run.md").write_text(
             f"`{nb.name}` executed at profile `{profile}` on {time.strftime('%Y-%m-%d')} in "
-            f"{seconds / 60:.1f} min (2-core CPU unless stated; code version `{code_version()}`).\n")
+            f"{seconds / 60:.1f} min (2-core CPU unless stated; code version `{code_version(folder.name if folder.name in MODEL_NAMES else None)}`).\n")
 
 
 def run_notebooks(profile: str = "quick", *, only: list[str] | None = None,

@@ -79,3 +79,23 @@ def test_run_many_in_parallel_workers_matches_one_process(smoke_root, tmp_path, 
     parallel = experiments.run_many("toy", rows, workers=2, **kw)
     assert experiments.metrics_of(parallel) == serial
     assert parallel["dim 8"][0].key == parallel["dim 8 again"][0].key  # one config, trained once
+
+
+def test_code_version_follows_shared_code_and_own_model_only(tmp_path, monkeypatch):
+    for rel in ("engine.py", "models/mia.py", "models/cada.py", "configs/cada.yaml", "viz/plots.py"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("x = 1\n")
+    monkeypatch.setattr(experiments, "PACKAGE_DIR", tmp_path)
+
+    def versions():
+        experiments.code_version.cache_clear()
+        return experiments.code_version("mia"), experiments.code_version("cada")
+
+    mia, cada = versions()
+    (tmp_path / "models/cada.py").write_text("x = 2\n")
+    assert versions() == (mia, versions()[1]) and versions()[1] != cada  # CADA's edit: MIA kept
+    (tmp_path / "viz/plots.py").write_text("x = 2\n")
+    assert versions()[0] == mia  # plotting code cannot change a trained model
+    (tmp_path / "engine.py").write_text("x = 2\n")
+    assert versions()[0] != mia  # shared training code invalidates every model
+    experiments.code_version.cache_clear()
