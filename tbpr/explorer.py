@@ -1,25 +1,155 @@
 """The attention explorer: type a description, see what a trained model retrieves and where each
-word of the description lands on the retrieved images.
+word or phrase of the description lands on the retrieved images, in that model's own terms.
 
-Word maps come from the model's own internals when it has them (``model.explain(caption, image)``
-returning ``{"tokens": [...], "maps": Tensor[n_tokens, h, w], "kind": "<what the maps are>"}``, e.g.
-SSAN's WAM word→stripe probabilities or IVT's word-level alignment). Otherwise a model-agnostic
-*word-ablation saliency* is used: for word w, the gradient with respect to the image of
-``s(caption) - s(caption without w)``, times the image — the pixels whose change moves the
-similarity that w contributes.
+An *explanation* of (model, caption, image) is a dict::
 
-    explorer = Explorer({"ssan": model}, test_records)
+    {"tokens": [str, ...],                   # the words / phrases the model explains
+     "maps":   Tensor [n_tokens, h, w],      # one map per token over the image (h x w grid;
+                                             # [n_tokens, n_parts, 1] for horizontal stripes)
+     "kind":   str,                          # what the maps are, in the paper's terms
+     "bars":   Tensor [n_tokens, n_parts],   # optional: per-part values drawn as bars (SSAN)
+     "mask":   Tensor [h, w]}                # optional: a foreground mask (LGUR's ℳ)
+
+``EXPLAINERS`` holds one per paper, each read from the model's own internals (the methods its
+notebook draws the paper's figures with):
+
+- ``ssan``: WAM word→part probabilities s_i^k (Eq. 8, Fig. 8) as stripes, and as bars.
+- ``lgur``: DGA dictionary attention (Fig. 4): per patch, the cosine of its attention profile over
+  the shared atoms with the word's profile, times the foreground mask ℳ (Fig. 3; Eq. 2 scales the
+  rebuilt patches by it), which is also returned as ``mask``.
+- ``ivt``: cos(f_txt(word or phrase), visual token) per patch (Figs. 4/6, ``IVT.alignment_maps``).
+- ``cada``: decoder word→patch cross-attention (Fig. 5, ``CADA.word_patch_attention``), per word
+  and per attribute chunk (the spans ARA masks).
+- ``mia``: BFM phrase→part weights α (Eq. 13, Fig. 7b) per noun phrase, and the RGA relation
+  attention v_k (Eq. 6, Fig. 7a) of the whole sentence as token ``[sentence]``, as stripes.
+
+A model may also bring its own ``model.explain(caption, image)``; anything else gets a
+model-agnostic *word-ablation saliency*: for word w, the gradient with respect to the image of
+``s(caption) - s(caption without w)``, times the image.
+
+    explorer = Explorer.from_checkpoints({"ssan": "runs/ssan/model.safetensors"})
     explorer.widget()          # in JupyterLab
     explorer.figure("ssan", "a man in a red jacket and black shorts", word="red")  # headless
 """
 from __future__ import annotations
 
+import re
+import textwrap
+from collections import OrderedDict
+from pathlib import Path
+
 import matplotlib.pyplot as plt
 import torch
+import torch.nn.functional as F
 
 from .viz import overlay_heatmap, to_display_image
 
+_WORD = re.compile(r"[a-z0-9]+(?:['-][a-z0-9]+)*")
+SENTENCE = "[sentence]"
 
+
+def _words(caption: str) -> list[tuple[str, int, int]]:
+    """(word, char start, char end), lower-cased, punctuation dropped."""
+    return [(m.group(), m.start(), m.end()) for m in _WORD.finditer(caption.lower())]
+
+
+# ----------------------------------------------------------------------------- the papers' own maps
+@torch.no_grad()
+def explain_ssan(model, caption: str, image: torch.Tensor) -> dict | None:
+    """WAM (Eq. 8): s_i^k = σ(W_p^k e_i) of each word over the K stripes. Text-side only: the same
+    for every image, which is what SSAN does (a word picks its stripes before seeing the image)."""
+    if not model.cfg.use_pfl:
+        return None
+    scored = model.wam_word_scores([caption])[0]
+    bars = torch.stack([s for *_, s in scored]) if scored else torch.zeros(0, model.cfg.num_parts)
+    return {"tokens": [w for w, *_ in scored], "maps": bars[:, :, None], "bars": bars,
+            "kind": "SSAN WAM word→stripe probability s_i^k (Eq. 8)"}
+
+
+@torch.no_grad()
+def explain_lgur(model, caption: str, image: torch.Tensor) -> dict | None:
+    """Words and patches both attend over the shared dictionary 𝒟 (Eqs. 1-2): a patch lights up
+    for a word when their attention profiles over the atoms agree (cosine, heads averaged, a
+    word's WordPiece tokens averaged), scaled by the foreground mask ℳ as the rebuild V_𝒟 is."""
+    if model.cfg.recon_type == "none":
+        return None
+    vis, txt = model.visual_internals(image[None]), model.text_internals([caption])
+    patches = vis["dga_attn"][0].mean(0)  # [N, N_a]
+    pieces = txt["dga_attn"][0].mean(0)  # [L, N_a]
+    tokens, profiles = [], []
+    for word, start, end in _words(caption):
+        rows = [j for j, (s, e) in enumerate(txt["offsets"][0]) if e > s and s >= start and e <= end]
+        if rows:  # words cut off by max_words have none
+            tokens.append(word)
+            profiles.append(pieces[rows].mean(0))
+    mask = vis["mask"][0]
+    if profiles:
+        agree = F.cosine_similarity(torch.stack(profiles)[:, None], patches[None], dim=-1)  # [n, N]
+        maps = (agree.clamp(min=0) * mask).view(len(tokens), *vis["grid"]).cpu()
+    else:
+        maps = torch.zeros(0, *vis["grid"])
+    return {"tokens": tokens, "maps": maps, "mask": mask.view(vis["grid"]).cpu(),
+            "kind": "LGUR dictionary-attention agreement × foreground mask ℳ (Eqs. 1-2)"}
+
+
+@torch.no_grad()
+def explain_ivt(model, caption: str, image: torch.Tensor) -> dict:
+    """``IVT.alignment_maps`` with the image encoded once: cos(f_txt, Ẑ^v_k) per patch, f_txt of
+    each word alone and of each word-level attribute phrase MLA trains on (Fig. 6)."""
+    from .models.ivt import attribute_phrases
+    words = list(dict.fromkeys(w for w, _, _ in _words(caption)))
+    tokens = words + [p for p in attribute_phrases(caption) if " " in p and p not in words]
+    patches = F.normalize(model.image_tokens(image[None].to(model.device))[0, 1:], dim=-1)
+    f_txt = F.normalize(model.encode_texts(tokens), dim=-1)
+    maps = (f_txt @ patches.T).view(len(tokens), *model.cfg.patch_grid).cpu()
+    return {"tokens": tokens, "maps": maps, "kind": "IVT cos(text [CLS], visual token) (Figs. 4/6)"}
+
+
+@torch.no_grad()
+def explain_cada(model, caption: str, image: torch.Tensor) -> dict | None:
+    """Decoder cross-attention of each text token over the patches (Fig. 5), heads and layers
+    averaged; a word averages its tokens, an attribute chunk (the span ARA masks) its words."""
+    if not model.has_decoder:
+        return None
+    amap = model.word_patch_attention(image[None].to(model.device), [caption])[0].cpu()  # [T, gh, gw]
+    enc = model.tokenizer.encode(caption)
+    tokens, maps = [], []
+    for (word, _, _), pos in zip(enc.words, enc.word_pos):
+        if pos and _WORD.fullmatch(word):
+            tokens.append(word)
+            maps.append(amap[pos].mean(0))
+    for chunk in enc.chunks:
+        words = [w for (w, _, _), pos in zip(enc.words, enc.word_pos) if pos and set(pos) <= set(chunk)]
+        if len(words) > 1:
+            tokens.append(" ".join(words))
+            maps.append(amap[chunk].mean(0))
+    maps = torch.stack(maps) if maps else amap[:0]
+    return {"tokens": tokens, "maps": maps, "kind": "CADA decoder word→patch cross-attention (Fig. 5)"}
+
+
+@torch.no_grad()
+def explain_mia(model, caption: str, image: torch.Tensor) -> dict | None:
+    """BFM P→N weights α_ik (Eq. 13) of each noun phrase over the n parts and RGA's relation
+    attention v_k(I, T) (Eq. 6) of the sentence, drawn as horizontal stripes."""
+    text, img = model.encode_texts([caption]), model.encode_images(image[None].to(model.device))
+    tokens, rows = [], []
+    if "P_rga" in img and "T" in text:
+        tokens.append(SENTENCE)
+        rows.append(model.relation_attention(text, img)[0])  # [1, n]
+    if "N_bfm" in text:
+        tokens += [p for _, _, p in model.phrases_of(caption)]
+        rows.append(model.phrase_part_attention(text, img, 0)[0])  # [m, n]
+    if not rows:
+        return None
+    return {"tokens": tokens, "maps": torch.cat(rows)[:, :, None].cpu(),
+            "kind": "MIA BFM phrase→part α (Eq. 13) / RGA sentence→part v_k (Eq. 6)"}
+
+
+EXPLAINERS = {"ssan": explain_ssan, "lgur": explain_lgur, "ivt": explain_ivt, "cada": explain_cada,
+              "mia": explain_mia}
+
+
+# ----------------------------------------------------------------------------- any model
 def word_ablation_saliency(model, caption: str, image: torch.Tensor) -> dict:
     """Per-word saliency maps [n_words, H, W] of ``model.similarity`` for one image."""
     words = caption.split()
@@ -43,14 +173,51 @@ def _row(feats, i: int):
 
 
 def explain(model, caption: str, image: torch.Tensor) -> dict:
-    """The model's own word maps when it has them, else the word-ablation saliency."""
+    """``model.explain`` if it has one, else its paper's explainer, else the word-ablation saliency
+    (also for configurations without the module the paper's explanation reads, e.g. SSAN w/o PFL)."""
     if callable(getattr(model, "explain", None)):
         return model.explain(caption, image)
-    return word_ablation_saliency(model, caption, image)
+    explainer = EXPLAINERS.get(getattr(model, "name", None))
+    out = explainer(model, caption, image) if explainer else None
+    return out if out is not None else word_ablation_saliency(model, caption, image)
 
 
+def _norm(text: str) -> str:
+    return " ".join(_WORD.findall(text.lower().replace("##", "")))
+
+
+def _token_rows(tokens: list[str], query: str) -> list[int]:
+    """Rows of ``tokens`` that explain ``query``: the token itself; else the first phrase token
+    holding the word (MIA explains phrases); else the word tokens of a phrase (averaged); else the
+    first WordPiece of the word."""
+    keys, key = [_norm(t) for t in tokens], _norm(query)
+    if key and key in keys:
+        return [keys.index(key)]
+    padded = f" {key} "
+    holding = [i for i, k in enumerate(keys) if " " in k and padded in f" {k} "]
+    if holding:
+        return holding[:1]
+    inside = [i for i, k in enumerate(keys) if k and " " not in k and f" {k} " in padded]
+    if len(key.split()) > 1 and inside:
+        return inside
+    for i, k in enumerate(keys):
+        if k and key.startswith(k):
+            return [i]
+    raise ValueError(f"{query!r} is not among the model's tokens {tokens}")
+
+
+def _token_index(tokens: list[str], word: str) -> int:
+    return _token_rows(tokens, word)[0]
+
+
+def token_map(exp: dict, query: str) -> torch.Tensor:
+    """The map of ``query`` (a token, a word inside a phrase token, or a phrase of word tokens)."""
+    return exp["maps"][_token_rows(exp["tokens"], query)].float().mean(0)
+
+
+# ----------------------------------------------------------------------------- the explorer
 class Explorer:
-    """Retrieval + word maps for one or more trained models over a test split."""
+    """Retrieval + the models' own word maps for one or more trained models over a test split."""
 
     def __init__(self, models: dict, records, batch_size: int = 64):
         from .data.datasets import EvalSet
@@ -58,6 +225,28 @@ class Explorer:
         self.eval_set = EvalSet(records)
         self.batch_size = batch_size
         self._gallery: dict[str, tuple] = {}
+        self._explained: OrderedDict = OrderedDict()  # (model, caption, image index) -> explanation
+        self._pid_of = dict(zip(self.eval_set.captions, (int(p) for p in self.eval_set.caption_pids)))
+        self.last: dict = {}  # what the latest figure showed (the widget's state, for tests)
+
+    @classmethod
+    def from_checkpoints(cls, checkpoints: dict, dataset: str = "synthpedes", data_root=None,
+                         profile: str = "quick", split: str = "test", device: str = "cpu") -> "Explorer":
+        """Models rebuilt from tbpr checkpoints ``{name: model.safetensors or its run folder}``; the
+        training split of the dataset gives the vocabularies, ``split`` is the gallery."""
+        from . import experiments
+        from .engine import load_checkpoint, read_checkpoint
+        root = experiments.resolve_data_root(dataset, data_root, profile)
+        records = experiments.load_records(dataset, root)
+        models = {}
+        for name, path in checkpoints.items():
+            path = Path(path) / "model.safetensors" if Path(path).is_dir() else Path(path)
+            meta = read_checkpoint(path)
+            cfg = experiments.get_config(meta["model"], "paper", meta["config"])
+            models[name] = experiments.build_model(meta["model"], cfg, records["train"])
+            load_checkpoint(models[name], path)
+            models[name].to(device)
+        return cls(models, records[split])
 
     def gallery(self, name: str):
         """Gallery images and features of model ``name``, encoded once."""
@@ -84,70 +273,142 @@ class Explorer:
         top = torch.topk(scores, min(k, len(scores)))
         return top.indices, top.values
 
+    def explain(self, name: str, caption: str, index: int) -> dict:
+        """The explanation of gallery image ``index`` for ``caption`` under model ``name`` (cached)."""
+        key = (name, caption, index)
+        if key not in self._explained:
+            images, _ = self.gallery(name)
+            self._explained[key] = explain(self.models[name], caption, images[index])
+            while len(self._explained) > 64:
+                self._explained.popitem(last=False)
+        return self._explained[key]
+
+    def tokens(self, name: str, caption: str) -> list[str]:
+        """The words / phrases model ``name`` explains for ``caption``."""
+        return self.explain(name, caption, int(self.search(name, caption, 1)[0][0]))["tokens"]
+
     def figure(self, name: str, caption: str, k: int = 5, word: str | None = None,
                query_pid: int | None = None):
-        """Top-k images for ``caption``; with ``word``, that word's map drawn on each image."""
+        """Top-k images for ``caption`` (true matches green, others red when ``query_pid`` is known,
+        as it is for a test caption); with ``word``, the model's map of that word on each image."""
         index, scores = self.search(name, caption, k)
         images, _ = self.gallery(name)
-        fig, axes = plt.subplots(1, len(index), figsize=(1.6 * len(index), 4.2), squeeze=False)
-        kind = ""
-        for ax, i, s in zip(axes[0], index.tolist(), scores.tolist()):
+        query_pid = self._pid_of.get(caption) if query_pid is None else query_pid
+        exps = [self.explain(name, caption, i) for i in index.tolist()] if word else []
+        bars = exps[0].get("bars") if exps else None
+        n = len(index) + (bars is not None)
+        fig, axes = plt.subplots(1, n, figsize=(max(1.6 * n, 4.5), 4.6), squeeze=False, layout="constrained")
+        shown = []
+        for j, (ax, i, s) in enumerate(zip(axes[0], index.tolist(), scores.tolist())):
             pid = int(self.eval_set.image_pids[i])
+            heat = None
             if word:
-                exp = explain(self.models[name], caption, images[i])
-                j = _token_index(exp["tokens"], word)
-                overlay_heatmap(ax, images[i], exp["maps"][j])
-                kind = exp["kind"]
+                try:
+                    heat = token_map(exps[j], word)
+                except ValueError:
+                    pass
+            if heat is not None:
+                if heat.shape[-1] == 1:  # stripes: hard edges between the parts
+                    heat = F.interpolate(heat[None, None], size=(images.shape[-2], 1), mode="nearest")[0, 0]
+                overlay_heatmap(ax, images[i], heat, mean=self.models[name].cfg.data.mean,
+                                std=self.models[name].cfg.data.std)
+                if "mask" in exps[j]:
+                    _contour(ax, exps[j]["mask"], images.shape[-2:])
             else:
-                ax.imshow(to_display_image(images[i]))
+                ax.imshow(to_display_image(images[i], mean=self.models[name].cfg.data.mean,
+                                           std=self.models[name].cfg.data.std))
                 ax.set_axis_off()
-            colour = "black" if query_pid is None else ("green" if pid == query_pid else "red")
+            match = None if query_pid is None else pid == query_pid
+            colour = {None: "black", True: "green", False: "red"}[match]
             ax.set_title(f"id {pid}\n{s:.3f}", fontsize=8, color=colour)
-        title = f"{name}: “{caption}”" + (f" — map of “{word}” ({kind})" if word else "")
-        fig.suptitle(title, fontsize=9, wrap=True)
+            shown.append({"index": i, "pid": pid, "score": s, "match": match,
+                          "map": None if heat is None else heat.shape})
+        if bars is not None:
+            try:
+                _bars(axes[0, -1], bars, exps[0]["tokens"], word)
+            except ValueError:  # a word the model does not explain
+                axes[0, -1].set_axis_off()
+        kind, width = (exps[0]["kind"] if exps else ""), int(15 * fig.get_figwidth())
+        title = f"{name}: “{textwrap.shorten(caption, width)}”"
+        if word:
+            try:
+                used = [exps[0]["tokens"][r] for r in _token_rows(exps[0]["tokens"], word)]
+            except ValueError:
+                used = ["no map: not among the model's tokens"]
+            note = "" if used == [word] else f" (→ {' + '.join(used)})"
+            title += "\n" + textwrap.shorten(f"map of “{word}”{note}: {kind}", width)
+        fig.suptitle(title, fontsize=8)
+        self.last = {"model": name, "caption": caption, "word": word, "kind": kind, "results": shown}
         return fig
 
     def widget(self):
-        """An ipywidgets panel: model, description (free text or a test caption), top-k, word."""
+        """An ipywidgets panel: model, description (free text or a test caption), top-k, and a word
+        or phrase the model explains. ``self.controls`` holds the inputs, ``self.last`` the state."""
         import ipywidgets as w
         from IPython.display import display
 
-        model_box = w.Dropdown(options=list(self.models), description="model")
-        examples = w.Dropdown(options=list(dict.fromkeys(self.eval_set.captions))[:200],
-                              description="example", layout=w.Layout(width="95%"))
-        text = w.Textarea(value=examples.value, description="query", layout=w.Layout(width="95%"))
-        k_box = w.IntSlider(value=5, min=1, max=10, description="top-k")
-        word_box = w.Dropdown(options=["(none)"] + text.value.split(), description="word")
-        out = w.Output()
+        captions = list(dict.fromkeys(self.eval_set.captions))[:200]
+        c = self.controls = {
+            "model": w.Dropdown(options=list(self.models), description="model"),
+            "example": w.Dropdown(options=captions, description="example", layout=w.Layout(width="95%")),
+            "query": w.Textarea(value=captions[0], description="query", layout=w.Layout(width="95%")),
+            "k": w.IntSlider(value=5, min=1, max=10, description="top-k"),
+            "word": w.Dropdown(options=["(none)"], description="word"),
+        }
+        info, out = w.HTML(), w.Output()
+        busy = False
 
-        def redraw(*_):
-            out.clear_output(wait=True)
-            word = None if word_box.value == "(none)" else word_box.value
-            with out:
-                display(self.figure(model_box.value, text.value, k_box.value, word))
-                plt.close("all")
+        def update(change=None):
+            nonlocal busy
+            if busy:
+                return
+            busy = True
+            try:
+                owner = change["owner"] if change else None
+                if owner is c["example"]:
+                    c["query"].value = change["new"]
+                name, caption = c["model"].value, c["query"].value.strip()
+                if owner in (None, c["example"], c["query"], c["model"]):
+                    options = ["(none)"] + (self.tokens(name, caption) if caption else [])
+                    word = c["word"].value if c["word"].value in options else "(none)"
+                    c["word"].options, c["word"].value = options, word
+                word = None if c["word"].value == "(none)" else c["word"].value
+                out.clear_output(wait=True)
+                with out:
+                    if not caption:
+                        print("type a description")
+                        return
+                    display(self.figure(name, caption, c["k"].value, word))
+                    plt.close("all")
+                ids = ", ".join(f"{r['pid']}{'✓' if r['match'] else ''}" for r in self.last["results"])
+                info.value = f"<b>{name}</b> top-{len(self.last['results'])}: {ids}" + (
+                    f" — <i>{self.last['kind']}</i>" if word else "")
+            except ValueError as err:  # e.g. a description the tokenizer rejects
+                with out:
+                    print(err)
+            finally:
+                busy = False
 
-        def new_example(change):
-            text.value = change["new"]
-
-        def new_text(change):
-            word_box.options = ["(none)"] + change["new"].split()
-            redraw()
-
-        examples.observe(new_example, names="value")
-        text.observe(new_text, names="value")
-        for box in (model_box, k_box, word_box):
-            box.observe(redraw, names="value")
-        redraw()
-        return w.VBox([model_box, examples, text, w.HBox([k_box, word_box]), out])
+        for box in c.values():
+            box.observe(update, names="value")
+        update()
+        return w.VBox([c["model"], c["example"], c["query"], w.HBox([c["k"], c["word"]]), info, out])
 
 
-def _token_index(tokens: list[str], word: str) -> int:
-    lowered = [t.lower().strip(".,") for t in tokens]
-    key = word.lower().strip(".,")
-    if key in lowered:
-        return lowered.index(key)
-    for i, t in enumerate(lowered):  # WordPiece tokens: the first piece of the word
-        if key.startswith(t.lstrip("#")) and t:
-            return i
-    raise ValueError(f"word {word!r} is not among the model's tokens {tokens}")
+def _contour(ax, mask: torch.Tensor, size) -> None:
+    """The 0.5 level of a foreground mask, upsampled to the image."""
+    up = F.interpolate(mask.float()[None, None], size=tuple(size), mode="bilinear", align_corners=False)[0, 0]
+    if up.min() < 0.5 < up.max():
+        ax.contour(up.numpy(), levels=[0.5], colors="white", linewidths=0.8)
+
+
+def _bars(ax, bars: torch.Tensor, tokens: list[str], word: str) -> None:
+    """Per-part values of ``word`` as horizontal bars, part 1 on top like the stripes."""
+    rows = _token_rows(tokens, word)
+    values = bars[rows].float().mean(0).numpy()
+    ax.barh(range(len(values)), values, color="tab:orange")
+    ax.set_yticks(range(len(values)), [f"part {k + 1}" for k in range(len(values))], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.tick_params(labelsize=7)
+    ax.set_title(f"“{word}”", fontsize=8)

@@ -1,13 +1,21 @@
 # %% [markdown]
 # # 07 · Attention explorer
 #
-# Type a description and see what each trained model retrieves from the SynthPedes test gallery,
-# and where a chosen word lands on the retrieved images. Maps come from the model's own internals
-# when it exposes them (`model.explain`: SSAN's WAM word→stripe probabilities, IVT's word-level
-# alignment, CADA's word→patch cross-attention, …); otherwise from a model-agnostic word-ablation
-# saliency (the gradient of what the word adds to the similarity, times the image).
+# Type a description (or pick a test caption) and see what each trained model retrieves from the
+# SynthPedes test gallery, true matches of a test caption in green; then pick a word or phrase and
+# see that model's **own** explanation of it on each retrieved image:
 #
-# The models are the full configurations of notebooks 01–05 at the same profile (cached runs).
+# | model | map | from |
+# |---|---|---|
+# | MIA | BFM phrase→part weights α (Eq. 13) per noun phrase; `[sentence]`: RGA relation attention v_k (Eq. 6) | `MIA.phrase_part_attention`, `MIA.relation_attention` (Fig. 7) |
+# | SSAN | WAM word→stripe probabilities s_i^k (Eq. 8), as stripes and as bars | `SSAN.wam_word_scores` (Fig. 8) |
+# | LGUR | agreement of the word's and each patch's attention over the shared dictionary, × foreground mask ℳ (contour at 0.5) | `LGUR.text_internals`, `LGUR.visual_internals` (Figs. 3–4) |
+# | IVT | cos(text [CLS] of the word or attribute phrase, visual token) per patch | as `IVT.alignment_maps` (Figs. 4/6) |
+# | CADA | decoder cross-attention of the word's tokens over the patches | `CADA.word_patch_attention` (Fig. 5) |
+#
+# Maps are min–max stretched per image (SSAN's bars show the raw probabilities). The models are the
+# full configurations of notebooks 01–05 at the same profile, loaded from their cached checkpoints;
+# `Explorer.from_checkpoints` takes any other `model.safetensors` the same way.
 
 # %% tags=["parameters"]
 profile = "quick"
@@ -21,37 +29,47 @@ out_dir = "../figures"
 from pathlib import Path
 
 from tbpr import experiments
-from tbpr.data.formats import load
 from tbpr.explorer import Explorer
 from tbpr.models import available_models
 from tbpr.viz import save_figure
 
 figdir = Path(out_dir) / "explorer"
-root = experiments.resolve_data_root(dataset, data_root, profile)
-test = load(dataset, root)["test"]
-models = {m: experiments.run(m, profile, dataset=dataset, data_root=data_root, device=device).load_model(device)
-          for m in available_models()}
-explorer = Explorer(models, test)
+runs = {m: experiments.run(m, profile, dataset=dataset, data_root=data_root, device=device)
+        for m in available_models()}
+explorer = Explorer.from_checkpoints({m: r.run_dir for m, r in runs.items()}, dataset=dataset,
+                                     data_root=data_root, profile=profile, device=device)
+for m, r in runs.items():
+    print(f"{m:5s} R@1 {r.metrics['R1']:5.1f}  checkpoint {Path(r.run_dir).name}")
 
 # %% [markdown]
 # ## Interactive (JupyterLab)
 
 # %%
-explorer.widget()
+panel = explorer.widget()
+words = explorer.controls["word"].options
+explorer.controls["word"].value = next((w for w in words if " " in w), words[-1])  # a phrase, to start
+panel
 
 # %% [markdown]
 # ## The same, headless: one test caption, a garment or bag word it contains, every model
+# MIA explains noun phrases, so its map is that of the phrase holding the word (named in the title).
 
 # %%
 import re
+import time
 
 NOUNS = ("jacket", "shirt", "coat", "sweater", "dress", "backpack", "jeans", "pants", "shorts")
 words_of = lambda c: re.findall(r"[a-z]+", c.lower())  # noqa: E731
 caption = next((c for c in explorer.eval_set.captions if set(NOUNS) & set(words_of(c))),
                explorer.eval_set.captions[0])
 word = next((w for w in words_of(caption) if w in NOUNS), words_of(caption)[-1])
-query_pid = int(explorer.eval_set.caption_pids[explorer.eval_set.captions.index(caption)])
 print(caption, "| word:", word)
-for name in models:
-    fig = explorer.figure(name, caption, k=5, word=word, query_pid=query_pid)
+for name in explorer.models:
+    explorer.gallery(name)  # encoded once per model, then every query reuses it
+    start = time.perf_counter()
+    explorer.search(name, caption, k=5)
+    answer = time.perf_counter() - start
+    fig = explorer.figure(name, caption, k=5, word=word)
+    drawn = time.perf_counter() - start - answer
+    print(f"{name:5s} query {answer:.3f} s, explained and drawn {drawn:.2f} s: {explorer.last['kind']}")
     save_figure(fig, figdir / f"{name}_{word}")
