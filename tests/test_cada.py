@@ -266,7 +266,8 @@ def test_table4_rows_remove_the_modules_they_switch_off():
 
 
 def test_baseline_uses_cmpm_and_row1_uses_ndf():
-    for label, loss_fn in (("0 Baseline (CMPM)", cmpm_loss), ("1 +NDF", lambda v, t, y: ndf_loss(v, t, y, 0.02))):
+    tau = tiny().cfg.temperature  # the smoke profile's tau
+    for label, loss_fn in (("0 Baseline (CMPM)", cmpm_loss), ("1 +NDF", lambda v, t, y: ndf_loss(v, t, y, tau))):
         model = tiny(**ablation_rows("cada", "table4")[label]).eval()  # eval: no dropout, same features twice
         b = batch(model)
         V = model.encode_image_tokens(b["images"])
@@ -347,6 +348,18 @@ def test_paper_profile_parameter_count_on_meta_device():
     assert count_parameters(model) == 224_076_608  # the spec's "≈225M"
     assert sum(p.numel() for p in model.parameters() if p.is_meta) == count_parameters(model)
 
+
+
+def test_cpu_profiles_deviate_only_in_documented_hyperparameters_and_the_paper_keeps_tau():
+    from tbpr.experiments import get_config
+    paper = get_config("cada", "paper")
+    assert (paper.temperature, paper.init_std) == (0.02, 0.02)  # the paper's tau; BERT/ViT init
+    for profile, width in (("quick", 64), ("smoke", 32)):
+        cfg = get_config("cada", profile)
+        assert cfg.temperature == 0.5  # tau = 0.02 collapses from random init (cada.yaml header)
+        assert cfg.init_std == pytest.approx(width ** -0.5, abs=1e-3)
+        assert cfg.text.width == cfg.vision.width == width
+        assert cfg.global_loss == "ndf" and cfg.atp.enabled and cfg.ara.enabled  # every module and loss stays
 
 def test_words_tokenizer_without_vocab_is_a_clear_error():
     with pytest.raises(ValueError, match="build_for_data"):
