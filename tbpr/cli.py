@@ -66,7 +66,8 @@ def cmd_bench(args) -> None:
 
 def cmd_reproduce(args) -> None:
     from .reproduce import run_notebooks
-    run_notebooks(args.profile, only=args.only, device=args.device, force=args.force)
+    run_notebooks(args.profile, only=args.only, device=args.device, force=args.force,
+                  seeds=args.seeds)
 
 
 def cmd_summary(args) -> None:
@@ -130,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="*", help="notebook name prefixes, e.g. 00 02_ssan")
     p.add_argument("--device", default="cpu")
     p.add_argument("--force", action="store_true", help="re-execute notebooks already executed")
+    p.add_argument("--seeds", nargs="*", type=int, help="seeds per ablation row (default: 3 at quick)")
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("summary", help="write figures/summary.md from the notebooks' outputs")

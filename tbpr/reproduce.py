@@ -23,34 +23,38 @@ def missing(directory: Path) -> list[str]:
     return [name for name in EXPECTED if name not in present]
 
 
-def _already_done(nb: Path, executed: Path, profile: str) -> bool:
+def _already_done(nb: Path, executed: Path, profile: str, seeds=None) -> bool:
     """An executed copy at this profile, newer than the notebook, that finished without error."""
     import json
     if not executed.exists() or executed.stat().st_mtime < nb.stat().st_mtime:
         return False
     meta = json.loads(executed.read_text()).get("metadata", {}).get("papermill", {})
-    return meta.get("parameters", {}).get("profile") == profile and not meta.get("exception")
+    params = meta.get("parameters", {})
+    return (params.get("profile") == profile and params.get("seeds") == (list(seeds) if seeds else None)
+            and not meta.get("exception"))
 
 
-def _write_provenance(figures_dir: Path, nb: Path, profile: str, seconds: float) -> None:
-    from .experiments import code_version
+def _write_provenance(figures_dir: Path, nb: Path, profile: str, seconds: float, seeds) -> None:
+    from .experiments import code_version, default_seeds
     from .models import MODEL_NAMES
     folder = figures_dir / nb.stem.split("_", 1)[1]
     if folder.is_dir():
+        version = code_version(folder.name if folder.name in MODEL_NAMES else None)
         (folder / "run.md").write_text(
-            f"`{nb.name}` executed at profile `{profile}` on {time.strftime('%Y-%m-%d')} in "
-            f"{seconds / 60:.1f} min (2-core CPU unless stated; code version `{code_version(folder.name if folder.name in MODEL_NAMES else None)}`).\n")
+            f"`{nb.name}` executed at profile `{profile}`, seeds {list(seeds or default_seeds(profile))}, "
+            f"on {time.strftime('%Y-%m-%d')} in {seconds / 60:.1f} min (2-core CPU unless stated; "
+            f"code version `{version}`).\n")
 
 
 def run_notebooks(profile: str = "quick", *, only: list[str] | None = None,
                   notebook_dir: Path | None = None, out_dir: Path | None = None,
                   figures_dir: Path | None = None, device: str = "cpu",
-                  force: bool = False) -> dict[str, float]:
+                  force: bool = False, seeds: list[int] | None = None) -> dict[str, float]:
     """Execute the notebooks (all, or those whose name starts with one of ``only``) in order.
 
     A notebook already executed at ``profile`` after its last change is skipped unless ``force``;
-    training runs are cached, so a re-executed notebook only computes what changed. Ends by
-    rewriting ``figures/summary.md``.
+    training runs are cached, so a re-executed notebook only computes what changed. ``seeds``
+    overrides the notebooks' default (three at quick). Ends by rewriting ``figures/summary.md``.
     """
     import papermill
     from tqdm.auto import tqdm
@@ -70,17 +74,18 @@ def run_notebooks(profile: str = "quick", *, only: list[str] | None = None,
     overall = tqdm(chosen, desc=f"reproduce ({profile})", unit="notebook")
     for nb in overall:
         overall.set_postfix_str(nb.stem)
-        if not force and _already_done(nb, out_dir / nb.name, profile):
+        if not force and _already_done(nb, out_dir / nb.name, profile, seeds):
             overall.write(f"[tbpr reproduce] {nb.name}: already executed at {profile}, skipped "
                           "(--force re-executes)")
             continue
         start = time.perf_counter()
         papermill.execute_notebook(
             str(nb), str(out_dir / nb.name), cwd=str(notebook_dir), kernel_name="python3",
-            parameters={"profile": profile, "out_dir": str(figures_dir), "device": device},
+            parameters={"profile": profile, "out_dir": str(figures_dir), "device": device,
+                        **({"seeds": list(seeds)} if seeds else {})},
             progress_bar=False)
         times[nb.stem] = time.perf_counter() - start
-        _write_provenance(figures_dir, nb, profile, times[nb.stem])
+        _write_provenance(figures_dir, nb, profile, times[nb.stem], seeds)
         overall.write(f"[tbpr reproduce] {nb.name} done in {times[nb.stem]:.0f} s")
     print(f"[tbpr reproduce] summary: {write_summary(figures_dir)}")
     return times
