@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import gc
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -216,11 +217,19 @@ def _time_training(model, cfg, steps: int, device) -> float:
 
 
 def _timed(fn, device):
+    """Wall seconds of ``fn()`` with the garbage collector paused (as ``timeit`` does): a full
+    collection of a large notebook heap would otherwise land inside whichever step it hits."""
     _sync(device)
-    start = time.perf_counter()
-    out = fn()
-    _sync(device)
-    return out, time.perf_counter() - start
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        start = time.perf_counter()
+        out = fn()
+        _sync(device)
+        return out, time.perf_counter() - start
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _time_inference(model, cfg, device, num_images: int, num_captions: int, batch_size=64) -> dict:
