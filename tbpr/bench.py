@@ -216,20 +216,30 @@ def _time_training(model, cfg, steps: int, device) -> float:
     return steps * batch_size / (time.perf_counter() - start)
 
 
-def _timed(fn, device):
-    """Wall seconds of ``fn()`` with the garbage collector paused (as ``timeit`` does): a full
-    collection of a large notebook heap would otherwise land inside whichever step it hits."""
-    _sync(device)
+@contextmanager
+def stopwatch(device="cpu"):
+    """``{"wall": s, "cpu": s}`` of the block, filled on exit: device synchronised on both sides and
+    the garbage collector paused (as ``timeit`` does), so a full collection of a large notebook heap
+    does not land inside whichever step it hits."""
+    out = {}
     enabled = gc.isenabled()
     gc.disable()
     try:
-        start = time.perf_counter()
-        out = fn()
         _sync(device)
-        return out, time.perf_counter() - start
+        start, cpu_start = time.perf_counter(), time.process_time()
+        yield out
+        _sync(device)
+        out["wall"], out["cpu"] = time.perf_counter() - start, time.process_time() - cpu_start
     finally:
         if enabled:
             gc.enable()
+
+
+def _timed(fn, device):
+    """(``fn()``, its wall seconds)."""
+    with stopwatch(device) as took:
+        out = fn()
+    return out, took["wall"]
 
 
 def _time_inference(model, cfg, device, num_images: int, num_captions: int, batch_size=64) -> dict:

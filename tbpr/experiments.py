@@ -136,14 +136,15 @@ def _train(model, records, cfg, run_dir: Path, seed: int, device: str, progress:
 
 
 def run_spec(model: str, profile: str, overrides: dict | None, dataset: str, data_root, seed: int,
-             device: str) -> tuple[dict, str]:
-    """What identifies a run, and its cache key (the overrides are recorded, the config is hashed)."""
+             device: str) -> tuple[object, dict, str]:
+    """The run's config, what identifies the run, and its cache key (the overrides are recorded,
+    the resolved config is hashed)."""
     cfg = get_config(model, profile, overrides)
     root = resolve_data_root(dataset, data_root, profile)
     spec = {"model": model, "profile": profile, "config": to_dict(cfg), "dataset": dataset,
             "data_root": str(root), "seed": seed, "device": str(device).split(":")[0],
             "code": code_version(model)}
-    return {**spec, "overrides": overrides or {}}, f"{model}-{profile}-{config_hash(spec)}"
+    return cfg, {**spec, "overrides": overrides or {}}, f"{model}-{profile}-{config_hash(spec)}"
 
 
 def run(model: str, profile: str = "quick", overrides: dict | None = None, *,
@@ -159,8 +160,8 @@ def run(model: str, profile: str = "quick", overrides: dict | None = None, *,
     from .engine import seed_everything
     from .evaluate import evaluate
 
-    spec, key = run_spec(model, profile, overrides, dataset, data_root, seed, device)
-    cfg, root = get_config(model, profile, overrides), spec["data_root"]
+    cfg, spec, key = run_spec(model, profile, overrides, dataset, data_root, seed, device)
+    root = spec["data_root"]
     run_dir = cache_dir() / "experiments" / key
     result_path = run_dir / (f"result-rerank{rerank_k}.json" if rerank_k else "result.json")
     trained_path = run_dir / "trained.json"
@@ -209,7 +210,7 @@ def _one_per_key(model, profile, rows, todo, kwargs) -> list:
     """Jobs with distinct cache keys: two rows that resolve to one config train once."""
     unique = {}
     for label, s in todo:
-        _, key = run_spec(model, profile, rows[label], kwargs.get("dataset", "synthpedes"),
+        *_, key = run_spec(model, profile, rows[label], kwargs.get("dataset", "synthpedes"),
                           kwargs.get("data_root"), s, kwargs.get("device", "cpu"))
         unique.setdefault(key, (label, s))
     return list(unique.values())
@@ -241,7 +242,7 @@ def run_many(model: str, rows: dict[str, dict], seeds=None, profile: str = "quic
         out[label][s] = done
         bar.update()
     if todo:
-        todo = _one_per_key(model, profile, rows, todo, kwargs)
+        todo_jobs, todo = todo, _one_per_key(model, profile, rows, todo, kwargs)
         bar.total = bar.n + len(todo)
         import multiprocessing
         module = _lookup(model)[0].__module__
@@ -253,8 +254,8 @@ def run_many(model: str, rows: dict[str, dict], seeds=None, profile: str = "quic
             for future in as_completed(futures):
                 future.result()
                 bar.update()
-        for label, s in jobs:  # every job, trained once per key, is now in the cache
-            out[label].setdefault(s, run(model, profile, rows[label], seed=s, **kwargs))
+        for label, s in todo_jobs:  # trained once per key, each is now read from the cache
+            out[label][s] = run(model, profile, rows[label], seed=s, **kwargs)
     bar.close()
     return {label: [out[label][s] for s in seeds] for label in rows}
 

@@ -15,8 +15,6 @@ body: type, colour, pattern, sleeves) or hair / person.
 """
 from __future__ import annotations
 
-import gc
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,11 +41,6 @@ NOT_STATED = "not stated"
 
 
 # --------------------------------------------------------------------------- ranking and cost
-def _sync(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def rerank_ranking(scores, topk, rerank_scores) -> torch.Tensor:
     """Scores [Q, G] (float64) whose stable descending order is the re-ranked order: each query's
     first-stage ``topk`` [Q, k] gallery indices re-ordered by ``rerank_scores`` [Q, k] (equal
@@ -112,6 +105,7 @@ def timed_scores(model, records, data_cfg, *, rerank_k: int = 0, device="cpu", b
     ``rerank_k > 0``, re-rank each query's top-k with ``model.rerank`` (CADA-L), timing each step
     after an untimed warm-up on two images and two captions, with Python's garbage collector paused
     (as ``timeit`` does). Image decoding is not timed (the same data pipeline for every method)."""
+    from ..bench import stopwatch
     from ..data.datasets import EvalSet, load_eval_images
     from ..evaluate import _concat, _EvalMode, _select
 
@@ -123,18 +117,10 @@ def timed_scores(model, records, data_cfg, *, rerank_k: int = 0, device="cpu", b
     cpu_seconds = dict(seconds)
 
     def timed(key, fn):
-        collecting = gc.isenabled()
-        gc.disable()  # as timeit does: a full collection of the notebook's heap is not the model's cost
-        try:
-            _sync(device)
-            start, cpu_start = time.perf_counter(), time.process_time()
+        with stopwatch(device) as took:
             out = fn()
-            _sync(device)
-        finally:
-            if collecting:
-                gc.enable()
-        seconds[key] += time.perf_counter() - start
-        cpu_seconds[key] += time.process_time() - cpu_start
+        seconds[key] += took["wall"]
+        cpu_seconds[key] += took["cpu"]
         return out
 
     with _EvalMode(model):  # warm-up (lazy tokenizers, taggers, kernels), not timed
