@@ -46,14 +46,12 @@ def cmd_train(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from .engine import load_checkpoint
     from .evaluate import evaluate
-    from .experiments import build_model, load_records, resolve_data_root
+    from .experiments import load_records, load_trained, resolve_data_root
     from .models import get_config
     cfg = get_config(args.model, args.profile, _overrides(args.set))
     records = load_records(args.dataset, resolve_data_root(args.dataset, args.data_root, args.profile))
-    model = build_model(args.model, cfg, records["train"])
-    load_checkpoint(model, args.checkpoint)
+    model = load_trained(args.model, cfg, records["train"], args.checkpoint)
     metrics = evaluate(model.to(args.device), records[args.split], model.cfg.data,
                        device=args.device, rerank_k=args.rerank_k)
     print(json.dumps(metrics, indent=1))

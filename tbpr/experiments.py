@@ -70,12 +70,10 @@ class Result:
 
     def load_model(self, device: str = "cpu"):
         """The trained model of this run, rebuilt from its config and checkpoint."""
-        from .engine import load_checkpoint
         spec = self.spec
         records = load_records(spec["dataset"], spec["data_root"])
-        model = build_model(spec["model"], get_config(spec["model"], "paper", spec["config"]),
-                            records["train"])
-        load_checkpoint(model, Path(self.run_dir) / "model.safetensors")
+        model = load_trained(spec["model"], get_config(spec["model"], "paper", spec["config"]),
+                             records["train"], Path(self.run_dir) / "model.safetensors")
         return model.to(device).eval()
 
     def save(self, path: Path) -> None:
@@ -115,6 +113,17 @@ def build_model(name: str, cfg, train_records):
     if hasattr(model_cls, "build_for_data"):
         return model_cls.build_for_data(cfg, train_records)
     return create_model(name, config=cfg)
+
+
+def load_trained(name: str, cfg, train_records, checkpoint):
+    """A trained model from its checkpoint. Built without its pretrained initialisation, which the
+    checkpoint replaces anyway (for IVT that would mean running the pre-training stage first)."""
+    from .engine import load_checkpoint
+    from .models.base import checkpoint_follows
+    with checkpoint_follows():
+        model = build_model(name, cfg, train_records)
+    load_checkpoint(model, checkpoint)
+    return model
 
 
 def _train(model, records, cfg, run_dir: Path, seed: int, device: str, progress: bool) -> list[dict]:

@@ -235,7 +235,7 @@ class Explorer:
         """Models rebuilt from tbpr checkpoints ``{name: model.safetensors or its run folder}``; the
         training split of the dataset gives the vocabularies, ``split`` is the gallery."""
         from . import experiments
-        from .engine import load_checkpoint, read_checkpoint
+        from .engine import read_checkpoint
         root = experiments.resolve_data_root(dataset, data_root, profile)
         records = experiments.load_records(dataset, root)
         models = {}
@@ -243,9 +243,7 @@ class Explorer:
             path = Path(path) / "model.safetensors" if Path(path).is_dir() else Path(path)
             meta = read_checkpoint(path)
             cfg = experiments.get_config(meta["model"], "paper", meta["config"])
-            models[name] = experiments.build_model(meta["model"], cfg, records["train"])
-            load_checkpoint(models[name], path)
-            models[name].to(device)
+            models[name] = experiments.load_trained(meta["model"], cfg, records["train"], path).to(device)
         return cls(models, records[split])
 
     def gallery(self, name: str):

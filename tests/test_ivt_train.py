@@ -1,5 +1,7 @@
 """IVT through the shared engine and experiment runner: a smoke run trains, its checkpoint reloads
 to the same metrics, and the pre-training stage is cached and really used by the Pre rows."""
+import shutil
+
 import pytest
 import torch
 
@@ -27,6 +29,16 @@ def test_smoke_run_reloads_from_its_checkpoint_to_the_same_metrics(isolated_cach
     again = evaluate(model, records["test"], model.cfg.data, progress=False)
     for key in ("R1", "R5", "R10", "mAP", "mINP"):
         assert again[key] == pytest.approx(result.metrics[key], abs=1e-6), key
+
+
+def test_a_pre_run_reloads_from_its_checkpoint_without_pretraining_again(isolated_cache):
+    torch.set_num_threads(1)
+    result = experiments.run("ivt", "smoke", {"pretrain": True, "pretrain_epochs": 1}, seed=0,
+                             progress=False)
+    shutil.rmtree(isolated_cache / "ivt_pretrain")
+    model = result.load_model()
+    assert not (isolated_cache / "ivt_pretrain").exists()
+    assert model.cfg.pretrain  # the config is the trained one; only its initialisation was skipped
 
 
 def test_pretraining_runs_once_and_the_pre_model_starts_from_its_encoder(isolated_cache):

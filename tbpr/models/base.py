@@ -20,8 +20,28 @@ A model implements:
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import torch
 from torch import nn
+
+_CHECKPOINT_FOLLOWS = contextvars.ContextVar("tbpr_checkpoint_follows", default=False)
+
+
+@contextlib.contextmanager
+def checkpoint_follows():
+    """Models built inside skip their pretrained initialisation (loading hub weights, IVT's
+    pre-training stage): a checkpoint is about to replace every weight."""
+    token = _CHECKPOINT_FOLLOWS.set(True)
+    try:
+        yield
+    finally:
+        _CHECKPOINT_FOLLOWS.reset(token)
+
+
+def pretrained_init_wanted() -> bool:
+    return not _CHECKPOINT_FOLLOWS.get()
 
 
 class TBPRModel(nn.Module):

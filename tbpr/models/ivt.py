@@ -34,7 +34,7 @@ from torch import nn
 from ..config import DataConfig, ModelConfig, TrainConfig, config_hash, to_dict
 from ..losses import cmpm_loss, itc_loss, itm_loss, mam_loss
 from . import register_model
-from .base import TBPRModel
+from .base import TBPRModel, pretrained_init_wanted
 
 
 # ----------------------------------------------------------------------------------------------
@@ -307,8 +307,8 @@ class IVT(TBPRModel):
         nn.init.trunc_normal_(self.visual_embed.cls_token, std=0.02)
         nn.init.trunc_normal_(self.visual_embed.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.visual_embed.type_embed, std=0.02)
-        if self.visual_embed.cls_token.is_meta:
-            return  # counting parameters: nothing to load
+        if self.visual_embed.cls_token.is_meta or not pretrained_init_wanted():
+            return  # counting parameters, or a checkpoint replaces every weight
         if cfg.pretrained_vit or cfg.pretrained_bert:
             load_vit_bert(self, cfg.pretrained_vit, cfg.pretrained_bert)
         if cfg.pretrain:
@@ -605,11 +605,13 @@ def pretrain_stage_config(cfg: IVTConfig) -> IVTConfig:
 
 
 def _pretrain_key(cfg: IVTConfig) -> str:
-    """Only what changes the pre-trained weights: architecture, initialisation, corpus, recipe."""
+    """Only what changes the pre-trained weights: architecture, initialisation, corpus, recipe, and
+    the code that pre-trains (weights computed by older code are not reused)."""
+    from ..experiments import code_version
     stage = to_dict(pretrain_stage_config(cfg))
     for switch in ("mask_ratio", "bmm_count", "word_level", "cmpm_q_norm", "pretrain_checkpoint"):
         stage.pop(switch)
-    return config_hash(stage)
+    return config_hash({**stage, "code": code_version("ivt")})
 
 
 def _corpus_records(spec: str) -> list:

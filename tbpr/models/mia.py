@@ -435,7 +435,7 @@ class MIA(TBPRModel):
         return losses
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=1 << 18)
 def caption_phrases(caption: str, mode: str = "noun_phrases") -> tuple[tuple[int, int, str], ...]:
     """The "phrases" of a caption (char start, char end, text): its noun phrases (spec 4.4, NLTK
     grammar, leading determiner dropped) or, for Table VI, every word (start = end = -1)."""
