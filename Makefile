@@ -2,6 +2,7 @@
 PYTHON ?= python3.11
 VENV   ?= .venv
 PROFILE ?= quick
+DEVICE ?= cpu
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
@@ -20,7 +21,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 install: $(STAMP)
 
 reproduce: $(STAMP)
-	$(BIN)/tbpr reproduce --profile $(PROFILE)
+	$(BIN)/tbpr reproduce --profile $(PROFILE) --device $(DEVICE)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

@@ -125,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("reproduce", help="execute the notebooks with papermill at a profile")
-    p.add_argument("--profile", default="quick", choices=PROFILES)
+    p.add_argument("--profile", default="quick", choices=(*PROFILES, "large"),
+                   help="large = paper-size models on SynthPedes at CUHK-PEDES size (a GPU run)")
     p.add_argument("--only", nargs="*", help="notebook name prefixes, e.g. 00 02_ssan")
     p.add_argument("--device", default="cpu")
     p.add_argument("--force", action="store_true", help="re-execute notebooks already executed")

@@ -14,6 +14,17 @@ EXPECTED = ("00_synthpedes", "01_mia", "02_ssan", "03_lgur", "04_ivt", "05_cada"
             "06_comparison", "07_explorer")
 
 
+# `large`: the GPU reproduction, paper-size models on SynthPedes at CUHK-PEDES size (experiments'
+# DATA_PROFILE renders the large split for the paper profile)
+PROFILE_ALIASES = {"large": "paper"}
+
+
+def figures_dir_for(profile: str) -> Path:
+    """Where a reproduction at ``profile`` writes: the committed ``figures/`` holds the quick run;
+    any other profile gets its own folder, so a smoke tour or a GPU run never overwrites it."""
+    return REPO / "figures" if profile == "quick" else REPO / "figures" / profile
+
+
 def notebooks(directory: Path) -> list[Path]:
     return sorted(p for p in directory.glob("[0-9][0-9]_*.ipynb"))
 
@@ -52,6 +63,9 @@ def run_notebooks(profile: str = "quick", *, only: list[str] | None = None,
                   force: bool = False, seeds: list[int] | None = None) -> dict[str, float]:
     """Execute the notebooks (all, or those whose name starts with one of ``only``) in order.
 
+    ``profile`` is smoke, quick, paper or large (paper-size models on the large SynthPedes; on a GPU
+    pass ``device="cuda"``). Figures go to ``figures/`` at quick, ``figures/<profile>/`` otherwise
+    (executed notebooks likewise under ``notebooks/executed/``).
     A notebook already executed at ``profile`` after its last change is skipped unless ``force``;
     training runs are cached, so a re-executed notebook only computes what changed. ``seeds``
     overrides the notebooks' default (three at quick). Ends by rewriting ``figures/summary.md``.
@@ -61,9 +75,10 @@ def run_notebooks(profile: str = "quick", *, only: list[str] | None = None,
 
     from .summary import write_summary
 
+    figures_dir = Path(figures_dir or figures_dir_for(profile)).resolve()
     notebook_dir = Path(notebook_dir or REPO / "notebooks")
-    out_dir = Path(out_dir or notebook_dir / "executed")
-    figures_dir = Path(figures_dir or REPO / "figures").resolve()
+    out_dir = Path(out_dir or notebook_dir / "executed" / ("" if profile == "quick" else profile))
+    profile = PROFILE_ALIASES.get(profile, profile)
     out_dir.mkdir(parents=True, exist_ok=True)
     chosen = [p for p in notebooks(notebook_dir) if not only or any(p.stem.startswith(o) for o in only)]
     if not chosen:

@@ -61,3 +61,20 @@ def test_reproduce_skips_a_notebook_executed_at_the_same_profile_after_its_last_
 def test_the_repository_readme_has_the_generated_results_section():
     text = (reproduce.REPO / "README.md").read_text()
     assert summary.README_BEGIN in text and summary.README_END in text
+
+
+def test_reproduce_at_large_runs_the_paper_profile_and_leaves_the_quick_figures_alone(tmp_path, monkeypatch):
+    import papermill
+    (tmp_path / "00_x.ipynb").write_text("{}")
+    calls = []
+    monkeypatch.setattr(papermill, "execute_notebook",
+                        lambda src, dst, parameters, **kw: calls.append((dst, parameters)))
+    monkeypatch.setattr(reproduce, "REPO", tmp_path)
+    monkeypatch.setattr(reproduce, "_write_provenance", lambda *a: None)
+    monkeypatch.setattr(summary, "write_summary", lambda figures_dir: figures_dir / "summary.md")
+    reproduce.run_notebooks("large", notebook_dir=tmp_path, device="cuda")
+    (dst, params), = calls
+    assert params["profile"] == "paper" and params["device"] == "cuda"
+    assert params["out_dir"] == str(tmp_path / "figures" / "large")
+    assert dst == str(tmp_path / "executed" / "large" / "00_x.ipynb")
+    assert reproduce.figures_dir_for("quick") == tmp_path / "figures"
