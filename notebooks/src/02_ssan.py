@@ -73,6 +73,7 @@ def shape_rows(model, images, captions):
     return {k: tuple(s) for k, s in rows.items()}
 
 
+torch.manual_seed(0)  # the untrained model below is also the WAM baseline: the same one every run
 model0 = experiments.build_model("ssan", cfg, records["train"]).eval()
 from tbpr.data.datasets import load_eval_images  # noqa: E402
 

@@ -220,6 +220,7 @@ if has_gt:
     gt = load_ground_truth(root)
 vis = visual_internals_of(trained, test)
 grid = vis["grid"]
+torch.manual_seed(0)  # the untrained baseline is the same model every run
 untrained = experiments.build_model("lgur", trained.cfg, records["train"]).eval()
 vis0 = visual_internals_of(untrained, test)
 
