@@ -45,7 +45,16 @@ def _already_done(nb: Path, executed: Path, profile: str, seeds=None) -> bool:
             and not meta.get("exception"))
 
 
-def _write_provenance(figures_dir: Path, nb: Path, profile: str, seconds: float, seeds) -> None:
+def _cached_runs() -> set[str]:
+    from .config import cache_dir
+    runs = cache_dir() / "experiments"
+    return {p.name for p in runs.iterdir() if (p / "result.json").exists()} if runs.is_dir() else set()
+
+
+def _write_provenance(figures_dir: Path, nb: Path, profile: str, seconds: float, seeds,
+                      trained: int) -> None:
+    """``run.md``: when and how long, and how many runs this execution trained; a re-execution
+    that read its runs from the cache is minutes faster than the reproduction it re-draws."""
     from .experiments import code_version, default_seeds
     from .models import MODEL_NAMES
     folder = figures_dir / nb.stem.split("_", 1)[1]
@@ -53,8 +62,8 @@ def _write_provenance(figures_dir: Path, nb: Path, profile: str, seconds: float,
         version = code_version(folder.name if folder.name in MODEL_NAMES else None)
         (folder / "run.md").write_text(
             f"`{nb.name}` executed at profile `{profile}`, seeds {list(seeds or default_seeds(profile))}, "
-            f"on {time.strftime('%Y-%m-%d')} in {seconds / 60:.1f} min (2-core CPU unless stated; "
-            f"code version `{version}`).\n")
+            f"on {time.strftime('%Y-%m-%d')} in {seconds / 60:.1f} min, training {trained} run(s), any "
+            f"others read from the run cache (2-core CPU unless stated; code version `{version}`).\n")
 
 
 def run_notebooks(profile: str = "quick", *, only: list[str] | None = None,
@@ -93,14 +102,14 @@ def run_notebooks(profile: str = "quick", *, only: list[str] | None = None,
             overall.write(f"[tbpr reproduce] {nb.name}: already executed at {profile}, skipped "
                           "(--force re-executes)")
             continue
-        start = time.perf_counter()
+        start, cached = time.perf_counter(), _cached_runs()
         papermill.execute_notebook(
             str(nb), str(out_dir / nb.name), cwd=str(notebook_dir), kernel_name="python3",
             parameters={"profile": profile, "out_dir": str(figures_dir), "device": device,
                         **({"seeds": list(seeds)} if seeds else {})},
             progress_bar=False)
         times[nb.stem] = time.perf_counter() - start
-        _write_provenance(figures_dir, nb, profile, times[nb.stem], seeds)
+        _write_provenance(figures_dir, nb, profile, times[nb.stem], seeds, len(_cached_runs() - cached))
         overall.write(f"[tbpr reproduce] {nb.name} done in {times[nb.stem]:.0f} s")
     print(f"[tbpr reproduce] summary: {write_summary(figures_dir)}")
     return times

@@ -403,3 +403,10 @@ def test_blip_checkpoint_names_load_into_the_model(tmp_path):
         assert torch.equal(loaded.state_dict()[key], value) != (key == "itm_local_head.weight"), key
     with pytest.raises(FileNotFoundError, match="pretrained"):
         create_model("cada", "smoke", vocab=WORDS, pretrained=str(tmp_path / "missing.pth"))
+
+
+def test_cada_wordpiece_specials_do_not_leak_into_the_shared_bert_tokenizer():
+    from tbpr.data.text import bert_tokenizer
+    shared = len(bert_tokenizer())
+    tok = cada_mod.CaptionTokenizer("bert", text_len=16, max_words=14)
+    assert len(tok.wordpiece) == shared + 2 and len(bert_tokenizer()) == shared

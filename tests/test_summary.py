@@ -78,3 +78,20 @@ def test_reproduce_at_large_runs_the_paper_profile_and_leaves_the_quick_figures_
     assert params["out_dir"] == str(tmp_path / "figures" / "large")
     assert dst == str(tmp_path / "executed" / "large" / "00_x.ipynb")
     assert reproduce.figures_dir_for("quick") == tmp_path / "figures"
+
+
+def test_provenance_counts_the_runs_a_notebook_trained_rather_than_read_from_the_cache(tmp_path, monkeypatch):
+    import papermill
+    from tbpr.config import cache_dir
+    (tmp_path / "01_x.ipynb").write_text("{}")
+    (tmp_path / "figures" / "x").mkdir(parents=True)
+
+    def train_two_runs(src, dst, parameters, **kw):
+        for name in ("x-quick-a", "x-quick-b"):
+            (cache_dir() / "experiments" / name).mkdir(parents=True)
+            (cache_dir() / "experiments" / name / "result.json").write_text("{}")
+
+    monkeypatch.setattr(papermill, "execute_notebook", train_two_runs)
+    monkeypatch.setattr(summary, "write_summary", lambda figures_dir: figures_dir / "summary.md")
+    reproduce.run_notebooks("quick", notebook_dir=tmp_path, figures_dir=tmp_path / "figures")
+    assert "training 2 run(s)" in (tmp_path / "figures" / "x" / "run.md").read_text()

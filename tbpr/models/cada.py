@@ -17,6 +17,7 @@ Section/equation numbers refer to the paper; the reconstruction of the lost equa
 """
 from __future__ import annotations
 
+import copy
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -161,7 +162,7 @@ class CaptionTokenizer:
         self.mode, self.text_len, self.max_words = mode, text_len, max_words
         if mode == "bert":
             from ..data.text import bert_tokenizer
-            self.wordpiece = bert_tokenizer()
+            self.wordpiece = copy.deepcopy(bert_tokenizer())  # the cached one is shared with IVT/LGUR
             self.wordpiece.add_special_tokens({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]})
             self.itos = None
             ids = self.wordpiece.convert_tokens_to_ids(list(SPECIALS))
