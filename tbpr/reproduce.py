@@ -19,10 +19,14 @@ EXPECTED = ("00_synthpedes", "01_mia", "02_ssan", "03_lgur", "04_ivt", "05_cada"
 PROFILE_ALIASES = {"large": "paper"}
 
 
+def _profile_folder(profile: str) -> str:
+    """The committed ``figures/`` (and ``notebooks/executed/``) hold the quick run; any other profile
+    gets its own subfolder, so a smoke tour or a GPU run never overwrites it."""
+    return "" if profile == "quick" else profile
+
+
 def figures_dir_for(profile: str) -> Path:
-    """Where a reproduction at ``profile`` writes: the committed ``figures/`` holds the quick run;
-    any other profile gets its own folder, so a smoke tour or a GPU run never overwrites it."""
-    return REPO / "figures" if profile == "quick" else REPO / "figures" / profile
+    return REPO / "figures" / _profile_folder(profile)
 
 
 def notebooks(directory: Path) -> list[Path]:
@@ -86,7 +90,7 @@ def run_notebooks(profile: str = "quick", *, only: list[str] | None = None,
 
     figures_dir = Path(figures_dir or figures_dir_for(profile)).resolve()
     notebook_dir = Path(notebook_dir or REPO / "notebooks")
-    out_dir = Path(out_dir or notebook_dir / "executed" / ("" if profile == "quick" else profile))
+    out_dir = Path(out_dir or notebook_dir / "executed" / _profile_folder(profile))
     profile = PROFILE_ALIASES.get(profile, profile)
     out_dir.mkdir(parents=True, exist_ok=True)
     chosen = [p for p in notebooks(notebook_dir) if not only or any(p.stem.startswith(o) for o in only)]
