@@ -269,6 +269,16 @@ def run_many(model: str, rows: dict[str, dict], seeds=None, profile: str = "quic
     return {label: [out[label][s] for s in seeds] for label in rows}
 
 
+def run_tables(model: str, tables: dict[str, dict[str, dict]], seeds=None, profile: str = "quick",
+               **kwargs) -> dict[str, dict[str, list[Result]]]:
+    """``run_many`` over the rows of several tables at once: ``{table: {row label: [Result per
+    seed]}}``. One pool trains them all, so no worker idles at the end of each table waiting for
+    the last odd run, and a row that appears in two tables trains once."""
+    flat = {(table, label): overrides for table, rows in tables.items() for label, overrides in rows.items()}
+    done = run_many(model, flat, seeds, profile, **kwargs)
+    return {table: {label: done[(table, label)] for label in rows} for table, rows in tables.items()}
+
+
 def metrics_of(results: dict[str, list[Result]]) -> dict[str, list[dict]]:
     """``{label: [metrics per seed]}``, the shape ``tbpr.viz.ablation_table`` takes."""
     return {label: [r.metrics for r in rs] for label, rs in results.items()}

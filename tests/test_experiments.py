@@ -56,6 +56,18 @@ def test_run_many_groups_results_by_row(smoke_root):
     assert experiments.metrics_of(out)["dim 8"][1] == out["dim 8"][1].metrics
 
 
+def test_run_tables_groups_by_table_and_trains_a_shared_row_once(smoke_root, monkeypatch):
+    trained = []
+    real_train = experiments._train
+    monkeypatch.setattr(experiments, "_train", lambda *a, **k: trained.append(1) or real_train(*a, **k))
+    tables = {"a": {"full": {}, "small": {"dim": 6}}, "b": {"small again": {"dim": 6}}}
+    out = experiments.run_tables("toy", tables, seeds=[5], profile="paper", data_root=smoke_root,
+                                 progress=False, workers=1)
+    assert {t: list(rows) for t, rows in out.items()} == {"a": ["full", "small"], "b": ["small again"]}
+    assert out["a"]["small"][0].key == out["b"]["small again"][0].key
+    assert len(trained) == 2
+
+
 def test_real_dataset_without_root_is_a_clear_error():
     with pytest.raises(ValueError, match="needs data_root"):
         experiments.run("toy", "paper", dataset="cuhk-pedes")

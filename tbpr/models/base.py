@@ -31,8 +31,9 @@ _CHECKPOINT_FOLLOWS = contextvars.ContextVar("tbpr_checkpoint_follows", default=
 
 @contextlib.contextmanager
 def checkpoint_follows():
-    """Models built inside skip their pretrained initialisation (loading hub weights, IVT's
-    pre-training stage): a checkpoint is about to replace every weight."""
+    """Models built inside may skip initialisation work that a checkpoint is about to replace; a
+    model opts in by checking ``pretrained_init_wanted()``. Only IVT does so far (it skips its
+    pre-training stage); the others still load their hub weights, which costs time, not results."""
     token = _CHECKPOINT_FOLLOWS.set(True)
     try:
         yield
