@@ -113,8 +113,13 @@ table
 # %%
 run_kw = dict(dataset=dataset, data_root=data_root, device=device)
 SHORT = {"train.epochs": 1, "train.milestones": []}  # the 1-epoch model of the WAM check
-every_run = {name: {label: {**o, **ablation_overrides} for label, o in ablation_rows("ssan", name).items()}
-             for name in ("table2", "shared_wg", "fig7")}
+
+
+def table_rows(name):
+    return {label: {**o, **ablation_overrides} for label, o in ablation_rows("ssan", name).items()}
+
+
+every_run = {name: table_rows(name) for name in ("table2", "shared_wg", "fig7")}
 every_run["models"] = {"SSAN": {}, "1 epoch": SHORT}
 experiments.run_tables("ssan", every_run, seeds, profile, **run_kw)
 main = experiments.run("ssan", profile, {}, seed=seeds[0], **run_kw)
@@ -142,8 +147,7 @@ METRICS = ("R1", "R5", "R10", "mAP", "HMR1")
 
 
 def run_table(name):
-    rows = {label: {**o, **ablation_overrides} for label, o in ablation_rows("ssan", name).items()}
-    return experiments.metrics_of(experiments.run_many("ssan", rows, seeds, profile, **run_kw))
+    return experiments.metrics_of(experiments.run_many("ssan", table_rows(name), seeds, profile, **run_kw))
 
 
 t2 = run_table("table2")

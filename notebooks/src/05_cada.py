@@ -183,8 +183,7 @@ PAPER_T4 = {"0 Baseline (CMPM)": (64.36, 83.36, 88.78, 58.18), "1 +NDF": (71.79,
             "4 +NDF+ATP (L)": (77.78, 91.15, 94.50, 68.46), "5 +NDF+ARA+ATP (G)": (73.48, 89.57, 94.10, 65.82),
             "6 +NDF+ARA+ATP (L)": (78.37, 91.57, 94.58, 68.87)}
 paper_t4 = {k: dict(zip(("R1", "R5", "R10", "mAP"), v)) for k, v in PAPER_T4.items()}
-t4_runs = experiments.run_many("cada", rows_of("table4"), seeds, profile,
-                               **run_kw)
+t4_runs = experiments.run_many("cada", rows_of("table4"), seeds, profile, **run_kw)
 t4 = {label: [r.metrics for r in t4_runs[label]] for label in ("0 Baseline (CMPM)", "1 +NDF", "2 +NDF+ARA")
       if label in t4_runs}
 for trained, (g, l) in {"3/4 +NDF+ATP": ("3 +NDF+ATP (G)", "4 +NDF+ATP (L)"),
