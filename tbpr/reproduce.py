@@ -5,6 +5,8 @@ Training runs are cached (``tbpr.experiments``), so an interrupted reproduction 
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from pathlib import Path
 
@@ -38,15 +40,34 @@ def missing(directory: Path) -> list[str]:
     return [name for name in EXPECTED if name not in present]
 
 
-def _already_done(nb: Path, executed: Path, profile: str, seeds=None) -> bool:
-    """An executed copy at this profile, newer than the notebook, that finished without error."""
-    import json
+def notebook_code_version(stem: str) -> str:
+    """The code a notebook's numbers depend on: its paper's model for 01-05 (``code_version``), every
+    model for the others (06/07 compare all five; 00 is cheap enough to share that rule)."""
+    from .experiments import code_version
+    from .models import MODEL_NAMES
+    topic = stem.split("_", 1)[-1]
+    if topic in MODEL_NAMES:
+        return code_version(topic)
+    joined = "".join(code_version(m) for m in sorted(MODEL_NAMES))
+    return hashlib.sha256(joined.encode()).hexdigest()[:12]
+
+
+def _already_done(nb: Path, executed: Path, profile: str, seeds=None, *, version: str) -> bool:
+    """An executed copy at this profile, newer than the notebook, that finished without error on the
+    library code ``version`` (a library change re-executes it even when the notebook is unchanged)."""
     if not executed.exists() or executed.stat().st_mtime < nb.stat().st_mtime:
         return False
-    meta = json.loads(executed.read_text()).get("metadata", {}).get("papermill", {})
+    metadata = json.loads(executed.read_text()).get("metadata", {})
+    meta = metadata.get("papermill", {})
     params = meta.get("parameters", {})
     return (params.get("profile") == profile and params.get("seeds") == (list(seeds) if seeds else None)
-            and not meta.get("exception"))
+            and not meta.get("exception") and metadata.get("tbpr", {}).get("code_version") == version)
+
+
+def _stamp_code_version(executed: Path, version: str) -> None:
+    notebook = json.loads(executed.read_text())
+    notebook.setdefault("metadata", {})["tbpr"] = {"code_version": version}
+    executed.write_text(json.dumps(notebook, indent=1, ensure_ascii=False) + "\n")
 
 
 def _cached_runs() -> set[str]:
@@ -59,11 +80,10 @@ def _write_provenance(figures_dir: Path, nb: Path, profile: str, seconds: float,
                       trained: int) -> None:
     """``run.md``: when and how long, and how many runs this execution trained; a re-execution
     that read its runs from the cache is minutes faster than the reproduction it re-draws."""
-    from .experiments import code_version, default_seeds
-    from .models import MODEL_NAMES
+    from .experiments import default_seeds
     folder = figures_dir / nb.stem.split("_", 1)[1]
     if folder.is_dir():
-        version = code_version(folder.name if folder.name in MODEL_NAMES else None)
+        version = notebook_code_version(nb.stem)
         (folder / "run.md").write_text(
             f"`{nb.name}` executed at profile `{profile}`, seeds {list(seeds or default_seeds(profile))}, "
             f"on {time.strftime('%Y-%m-%d')} in {seconds / 60:.1f} min, training {trained} run(s), any "
@@ -79,7 +99,8 @@ def run_notebooks(profile: str = "quick", *, only: list[str] | None = None,
     ``profile`` is smoke, quick, paper or large (paper-size models on the large SynthPedes; on a GPU
     pass ``device="cuda"``). Figures go to ``figures/`` at quick, ``figures/<profile>/`` otherwise
     (executed notebooks likewise under ``notebooks/executed/``).
-    A notebook already executed at ``profile`` after its last change is skipped unless ``force``;
+    A notebook already executed at ``profile`` after its last change and on the current library code
+    (``notebook_code_version``) is skipped unless ``force``;
     training runs are cached, so a re-executed notebook only computes what changed. ``seeds``
     overrides the notebooks' default (three at quick). Ends by rewriting ``figures/summary.md``.
     """
@@ -102,9 +123,10 @@ def run_notebooks(profile: str = "quick", *, only: list[str] | None = None,
     overall = tqdm(chosen, desc=f"reproduce ({profile})", unit="notebook")
     for nb in overall:
         overall.set_postfix_str(nb.stem)
-        if not force and _already_done(nb, out_dir / nb.name, profile, seeds):
-            overall.write(f"[tbpr reproduce] {nb.name}: already executed at {profile}, skipped "
-                          "(--force re-executes)")
+        version = notebook_code_version(nb.stem)
+        if not force and _already_done(nb, out_dir / nb.name, profile, seeds, version=version):
+            overall.write(f"[tbpr reproduce] {nb.name}: already executed at {profile} on this code, "
+                          "skipped (--force re-executes)")
             continue
         start, cached = time.perf_counter(), _cached_runs()
         papermill.execute_notebook(
@@ -112,6 +134,7 @@ def run_notebooks(profile: str = "quick", *, only: list[str] | None = None,
             parameters={"profile": profile, "out_dir": str(figures_dir), "device": device,
                         **({"seeds": list(seeds)} if seeds else {})},
             progress_bar=False)
+        _stamp_code_version(out_dir / nb.name, version)
         times[nb.stem] = time.perf_counter() - start
         _write_provenance(figures_dir, nb, profile, times[nb.stem], seeds, len(_cached_runs() - cached))
         overall.write(f"[tbpr reproduce] {nb.name} done in {times[nb.stem]:.0f} s")

@@ -1,5 +1,6 @@
 """figures/summary.md and the README's results section are gathered from what the notebooks wrote."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -49,13 +50,34 @@ def test_readme_without_markers_is_a_clear_error(tmp_path):
 def test_reproduce_skips_a_notebook_executed_at_the_same_profile_after_its_last_change(tmp_path):
     nb, executed = tmp_path / "01_x.ipynb", tmp_path / "executed.ipynb"
     nb.write_text("{}")
-    meta = {"metadata": {"papermill": {"parameters": {"profile": "quick"}, "exception": None}}}
+    meta = {"metadata": {"papermill": {"parameters": {"profile": "quick"}, "exception": None},
+                         "tbpr": {"code_version": "abc"}}}
     executed.write_text(json.dumps(meta))
-    assert reproduce._already_done(nb, executed, "quick")
-    assert not reproduce._already_done(nb, executed, "smoke")
+    assert reproduce._already_done(nb, executed, "quick", version="abc")
+    assert not reproduce._already_done(nb, executed, "smoke", version="abc")
     meta["metadata"]["papermill"]["exception"] = True
     executed.write_text(json.dumps(meta))
-    assert not reproduce._already_done(nb, executed, "quick")
+    assert not reproduce._already_done(nb, executed, "quick", version="abc")
+
+
+def test_reproduce_re_executes_a_notebook_whose_library_code_changed_since(tmp_path):
+    nb, executed = tmp_path / "04_ivt.ipynb", tmp_path / "executed.ipynb"
+    nb.write_text("{}")
+    executed.write_text(json.dumps({"metadata": {"papermill": {"parameters": {"profile": "quick"}}}}))
+    reproduce._stamp_code_version(executed, "old")
+    assert reproduce._already_done(nb, executed, "quick", version="old")
+    assert not reproduce._already_done(nb, executed, "quick", version="new")
+
+
+def test_comparison_notebooks_depend_on_every_model_and_paper_notebooks_on_their_own(monkeypatch):
+    from tbpr import experiments
+    versions = {m: m[:3] for m in ("mia", "ssan", "lgur", "ivt", "cada")}
+    monkeypatch.setattr(experiments, "code_version", lambda model=None: versions.get(model, "lib"))
+    assert reproduce.notebook_code_version("04_ivt") == "ivt"
+    before = reproduce.notebook_code_version("06_comparison")
+    versions["cada"] = "new"
+    assert reproduce.notebook_code_version("06_comparison") != before
+    assert reproduce.notebook_code_version("04_ivt") == "ivt"
 
 
 def test_the_repository_readme_has_the_generated_results_section():
@@ -67,8 +89,8 @@ def test_reproduce_at_large_runs_the_paper_profile_and_leaves_the_quick_figures_
     import papermill
     (tmp_path / "00_x.ipynb").write_text("{}")
     calls = []
-    monkeypatch.setattr(papermill, "execute_notebook",
-                        lambda src, dst, parameters, **kw: calls.append((dst, parameters)))
+    monkeypatch.setattr(papermill, "execute_notebook", lambda src, dst, parameters, **kw: (
+        calls.append((dst, parameters)), Path(dst).write_text("{}")))
     monkeypatch.setattr(reproduce, "REPO", tmp_path)
     monkeypatch.setattr(reproduce, "_write_provenance", lambda *a: None)
     monkeypatch.setattr(summary, "write_summary", lambda figures_dir: figures_dir / "summary.md")
@@ -87,6 +109,7 @@ def test_provenance_counts_the_runs_a_notebook_trained_rather_than_read_from_the
     (tmp_path / "figures" / "x").mkdir(parents=True)
 
     def train_two_runs(src, dst, parameters, **kw):
+        Path(dst).write_text("{}")
         for name in ("x-quick-a", "x-quick-b"):
             (cache_dir() / "experiments" / name).mkdir(parents=True)
             (cache_dir() / "experiments" / name / "result.json").write_text("{}")
@@ -95,3 +118,5 @@ def test_provenance_counts_the_runs_a_notebook_trained_rather_than_read_from_the
     monkeypatch.setattr(summary, "write_summary", lambda figures_dir: figures_dir / "summary.md")
     reproduce.run_notebooks("quick", notebook_dir=tmp_path, figures_dir=tmp_path / "figures")
     assert "training 2 run(s)" in (tmp_path / "figures" / "x" / "run.md").read_text()
+    stamped = json.loads((tmp_path / "executed" / "01_x.ipynb").read_text())["metadata"]["tbpr"]
+    assert stamped == {"code_version": reproduce.notebook_code_version("01_x")}
