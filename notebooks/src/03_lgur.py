@@ -183,6 +183,7 @@ PAPER = {
                "w/ unshared": (61.55, 80.69), "w/ shared (Ours)": (64.28, 81.95)},
     "table7": {"w/ unshared": (63.78, 82.15), "w/ shared (Ours)": (65.25, 83.10)},
 }
+assert tuple(PAPER) == TABLES, "a paper table without its runs, or runs without the paper's numbers"
 tables = {}
 for name, paper_rows in PAPER.items():
     results = experiments.run_many("lgur", ablation_rows("lgur", name), seeds, profile, **run_kw)
