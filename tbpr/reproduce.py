@@ -77,13 +77,12 @@ def _cached_runs() -> set[str]:
 
 
 def _write_provenance(figures_dir: Path, nb: Path, profile: str, seconds: float, seeds,
-                      trained: int) -> None:
+                      trained: int, version: str) -> None:
     """``run.md``: when and how long, and how many runs this execution trained; a re-execution
     that read its runs from the cache is minutes faster than the reproduction it re-draws."""
     from .experiments import default_seeds
     folder = figures_dir / nb.stem.split("_", 1)[1]
     if folder.is_dir():
-        version = notebook_code_version(nb.stem)
         (folder / "run.md").write_text(
             f"`{nb.name}` executed at profile `{profile}`, seeds {list(seeds or default_seeds(profile))}, "
             f"on {time.strftime('%Y-%m-%d')} in {seconds / 60:.1f} min, training {trained} run(s), any "
@@ -136,7 +135,8 @@ def run_notebooks(profile: str = "quick", *, only: list[str] | None = None,
             progress_bar=False)
         _stamp_code_version(out_dir / nb.name, version)
         times[nb.stem] = time.perf_counter() - start
-        _write_provenance(figures_dir, nb, profile, times[nb.stem], seeds, len(_cached_runs() - cached))
+        _write_provenance(figures_dir, nb, profile, times[nb.stem], seeds, len(_cached_runs() - cached),
+                          version)
         overall.write(f"[tbpr reproduce] {nb.name} done in {times[nb.stem]:.0f} s")
     print(f"[tbpr reproduce] summary: {write_summary(figures_dir)}")
     return times
