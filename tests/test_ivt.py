@@ -146,6 +146,19 @@ def test_padding_keys_do_not_change_the_text_cls_output():
     assert torch.allclose(a[:, 0], b[:, 0], atol=1e-5)
 
 
+@pytest.mark.parametrize("bmm_keep", [None, [0, 2, 3, 5, 8, 9, 13]])
+def test_length_buckets_give_the_text_cls_of_one_joint_padding(bmm_keep, monkeypatch):
+    model = tiny().eval()  # no dropout; BMM's kept positions are fixed by hand instead
+    keep = None if bmm_keep is None else torch.tensor(bmm_keep)
+    monkeypatch.setattr(model, "_bmm_keep", lambda n, device: keep)
+    texts = ["black pants", "a red jacket, blue jeans", "shoes",
+             "a man in a red jacket, blue jeans and white shoes. he carries a black backpack."] * 2
+    ids, mask = model.tokenize(texts)
+    joint = model._encode(model.text_embed(ids), "txt", mask, keep)[:, 0]
+    for bucket_size in (1, 3, len(texts)):
+        assert torch.allclose(model.text_cls_by_length(ids, mask, bucket_size), joint, atol=1e-5)
+
+
 def test_shapes_of_features_similarity_and_alignment_maps():
     model = tiny().eval()
     cfg = model.cfg

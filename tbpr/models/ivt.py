@@ -292,6 +292,9 @@ def _tokenizer(name_or_path: str | None):
     return bert_tokenizer(name_or_path)
 
 
+TEXT_BUCKET = 32  # texts per length bucket in encode_texts: fewer padded tokens vs smaller matmuls
+
+
 @register_model("ivt", IVTConfig)
 class IVT(TBPRModel):
     """Implicit Visual-Textual framework: one encoder, two embedders, two MLP experts per block."""
@@ -324,17 +327,43 @@ class IVT(TBPRModel):
                                               return_tensors="pt")
         return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
 
-    def encode_tokens(self, z: torch.Tensor, modality: str, attention_mask=None) -> torch.Tensor:
-        """Shared encoder over embedded tokens; BMM drops tokens first in training (§2.4).
-        Returns Ẑ = LN_f(Z_L), [n, N - k, D] (the [CLS] output at index 0)."""
+    def _bmm_keep(self, n_tokens: int, device) -> torch.Tensor | None:
+        """BMM's kept positions for this forward pass (§2.4); None when nothing is dropped."""
         if self.training and self.cfg.bmm and self.cfg.mask_ratio > 0:
-            keep = bmm_keep_index(z.shape[1], self.cfg.mask_ratio, self.cfg.bmm_count, z.device)
+            return bmm_keep_index(n_tokens, self.cfg.mask_ratio, self.cfg.bmm_count, device)
+        return None
+
+    def _encode(self, z, modality: str, attention_mask=None, keep=None) -> torch.Tensor:
+        if keep is not None:
             z = z[:, keep]
             attention_mask = None if attention_mask is None else attention_mask[:, keep]
         key_bias = None if attention_mask is None else (1.0 - attention_mask.float()) * -1e4
         for block in self.blocks:
             z = block(z, modality, key_bias)
         return self.norm(z)
+
+    def encode_tokens(self, z: torch.Tensor, modality: str, attention_mask=None) -> torch.Tensor:
+        """Shared encoder over embedded tokens; BMM drops tokens first in training (§2.4).
+        Returns Ẑ = LN_f(Z_L), [n, N - k, D] (the [CLS] output at index 0)."""
+        return self._encode(z, modality, attention_mask, self._bmm_keep(z.shape[1], z.device))
+
+    def text_cls_by_length(self, ids: torch.Tensor, mask: torch.Tensor,
+                           bucket_size: int = TEXT_BUCKET) -> torch.Tensor:
+        """Text [CLS] outputs of a batch padded to one length T, computed in buckets of similar
+        length, each cut to its own longest text. Equal to encoding the batch at T (the official
+        layout, §2.7): padding keys are masked out, and BMM draws its dropped positions over T once
+        and every bucket keeps those below its length. MLA's word- and phrase-level texts are
+        about a third of a sentence's length, so most of a joint batch is padding."""
+        z = self.text_embed(ids)
+        keep = self._bmm_keep(z.shape[1], z.device)
+        positions = torch.arange(z.shape[1], device=z.device) if keep is None else keep
+        order = mask.sum(1).argsort()
+        cls = []
+        for rows in order.split(bucket_size):
+            length = int(mask[rows].sum(1).max())
+            cols = positions[positions < length]
+            cls.append(self._encode(z[rows][:, cols], "txt", mask[rows][:, cols])[:, 0])
+        return torch.cat(cls)[order.argsort()]
 
     def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
         return self.encode_tokens(self.visual_embed(images), "img")
@@ -348,7 +377,7 @@ class IVT(TBPRModel):
         return self.image_tokens(images)[:, 0]  # f_img: visual [CLS] after LN_f
 
     def encode_texts(self, captions: list[str]) -> torch.Tensor:
-        return self.text_tokens(list(captions))[:, 0]  # f_txt
+        return self.text_cls_by_length(*self.tokenize(list(captions)))  # f_txt
 
     def similarity(self, text_feats, image_feats) -> torch.Tensor:
         return F.normalize(text_feats.float(), dim=-1) @ F.normalize(image_feats.float(), dim=-1).T
