@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tbpr.config import DataConfig
-from tbpr.data import datasets, formats
+from tbpr.data import datasets, formats, transforms
 from tbpr.data.datasets import EvalSet, PairBatchSampler, build_train_loader, load_eval_images
 from tbpr.data.transforms import build_transforms, decode_image
 
@@ -121,6 +121,39 @@ def test_train_transform_pads_crops_flips_and_erases_but_keeps_the_size():
     assert len({o.sum().item() for o in outs}) > 1
     evals = build_transforms(CFG, train=False)
     assert torch.equal(evals(image), evals(image))
+
+
+def test_train_transform_without_augmentation_normalises_exactly_as_evaluation():
+    image = torch.randint(0, 256, (3, 48, 16), dtype=torch.uint8)
+    plain = dataclasses.replace(CFG, flip=False, pad_crop=0, random_erasing=0.0,
+                                mean=(0.4, 0.5, 0.6), std=(0.2, 0.3, 0.25))
+    assert torch.allclose(build_transforms(plain, train=True)(image),
+                          build_transforms(plain, train=False)(image), atol=1e-5)
+
+
+def test_flip_and_pad_crop_give_a_mirrored_window_shifted_by_at_most_the_pad():
+    image = torch.randint(1, 256, (3, 48, 16), dtype=torch.uint8)
+    cfg = dataclasses.replace(CFG, pad_crop=16, random_erasing=0.0, mean=(0.0,) * 3, std=(1 / 255,) * 3)
+    pad = transforms.pad_for(cfg)
+    padded = torch.nn.functional.pad(image, (pad,) * 4).float()
+    train, seen = build_transforms(cfg, train=True), set()
+    for _ in range(60):
+        out = train(image)
+        matches = [(flip, i, j) for flip in (False, True) for i in range(2 * pad + 1)
+                   for j in range(2 * pad + 1)
+                   if torch.equal(out, (padded.flip(-1) if flip else padded)[:, i:i + 48, j:j + 16])]
+        assert matches
+        seen.update(matches)
+    assert {m[0] for m in seen} == {False, True} and len({m[1:] for m in seen}) > 3
+
+
+def test_random_erasing_zeroes_one_box_of_2_to_33_percent_with_probability_p():
+    cfg = dataclasses.replace(CFG, flip=False, pad_crop=0, random_erasing=0.5, mean=(-1.0,) * 3)
+    train, image = build_transforms(cfg, train=True), torch.zeros(3, 48, 16, dtype=torch.uint8)
+    fractions = [(train(image)[0] == 0).float().mean().item() for _ in range(400)]
+    erased = [f for f in fractions if f > 0]
+    assert 0.4 < len(erased) / len(fractions) < 0.6
+    assert min(erased) >= 0.01 and max(erased) <= 0.36  # area 2-33 %, rounded to whole pixels
 
 
 def test_images_are_cached_once_per_size(splits):
