@@ -131,6 +131,21 @@ def test_train_transform_without_augmentation_normalises_exactly_as_evaluation()
                           build_transforms(plain, train=False)(image), atol=1e-5)
 
 
+def test_train_transform_draws_exactly_what_torchvisions_v2_pipeline_draws_from_the_same_seed():
+    from torchvision.transforms import v2
+    cfg = dataclasses.replace(CFG, pad_crop=16, random_erasing=0.5)
+    size = tuple(cfg.image_size)
+    reference = v2.Compose([v2.RandomHorizontalFlip(), v2.Pad(transforms.pad_for(cfg)), v2.RandomCrop(size),
+                            v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(cfg.mean), list(cfg.std)),
+                            v2.RandomErasing(p=0.5, value=0)])
+    ours, image = build_transforms(cfg, train=True), torch.randint(0, 256, (3, *size), dtype=torch.uint8)
+    for seed in range(50):
+        torch.manual_seed(seed)
+        expected = reference(image)
+        torch.manual_seed(seed)
+        assert torch.allclose(ours(image), expected, atol=1e-5)
+
+
 def test_flip_and_pad_crop_give_a_mirrored_window_shifted_by_at_most_the_pad():
     image = torch.randint(1, 256, (3, 48, 16), dtype=torch.uint8)
     cfg = dataclasses.replace(CFG, pad_crop=16, random_erasing=0.0, mean=(0.0,) * 3, std=(1 / 255,) * 3)
