@@ -368,10 +368,6 @@ class IVT(TBPRModel):
     def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
         return self.encode_tokens(self.visual_embed(images), "img")
 
-    def text_tokens(self, texts: list[str]) -> torch.Tensor:
-        ids, mask = self.tokenize(texts)
-        return self.encode_tokens(self.text_embed(ids), "txt", mask)
-
     # -- the contract ---------------------------------------------------------------------------
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         return self.image_tokens(images)[:, 0]  # f_img: visual [CLS] after LN_f
