@@ -177,6 +177,17 @@ def test_text_tokens_are_the_mean_of_both_lstm_directions_and_zero_on_padding():
     assert torch.allclose(T[1, :n], full[0].unflatten(-1, (2, model.cfg.dim)).mean(1), atol=1e-5)
 
 
+def test_frozen_text_features_do_not_depend_on_the_captions_encoded_with_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("TBPR_CACHE", str(tmp_path))
+    model = create_model("lgur", "smoke", num_classes=5)  # the real MiniLM: its rounding shows the padding
+    captions = ["a girl in a yellow coat", "a boy with grey shorts and white shoes", "a woman holding a blue bag"]
+    long_caption = " and ".join(CAPTIONS)  # padding the others to its length used to change their rounding
+    together = model._frozen_features(captions + [long_caption])
+    model._text_cache.store.clear()  # the process-wide store of MiniLM outputs
+    for caption, feats in zip(captions, together):
+        assert torch.equal(model._frozen_features([caption])[0], feats)
+
+
 def test_internals_have_the_figure_shapes():
     model = tiny_model().eval()
     cfg, images = model.cfg, tiny_batch(model, 2)["images"]

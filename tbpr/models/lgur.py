@@ -282,7 +282,7 @@ class LGUR(TBPRModel):
         c = self.cfg
         if c.text_pretrained is None:
             return None
-        ident = f"{c.text_pretrained}|{c.text_layers}|{c.max_words}"
+        ident = f"{c.text_pretrained}|{c.text_layers}|{c.max_words}|unpadded"  # padded batches before
         return hashlib.sha1(ident.encode()).hexdigest()[:16]
 
     def train(self, mode: bool = True):
@@ -305,13 +305,22 @@ class LGUR(TBPRModel):
 
     @torch.no_grad()
     def _frozen_features(self, captions: list[str]) -> list[torch.Tensor]:
+        """The frozen encoder's outputs per caption, encoded in groups of equal token count: padded to
+        a batch's longest caption, a caption's fp16 features depended on the captions it was first
+        encoded with (other matmul shapes round differently), so a run's result depended on the
+        state of the cache; unpadded, they are a function of the caption alone."""
         todo = self._text_cache.missing(captions)
-        if todo:
-            enc = self.tokenizer(todo, truncation=True, max_length=self.cfg.max_words,
-                                 padding=True, return_tensors="pt").to(self.device)
-            hidden = self.text_encoder(**enc).last_hidden_state
-            lengths = enc["attention_mask"].sum(1).tolist()
-            self._text_cache.add({c: h[:n].to("cpu", torch.float16) for c, h, n in zip(todo, hidden, lengths)})
+        by_length: dict[int, list[str]] = {}
+        for caption, ids in zip(todo, self.tokenize(todo)["input_ids"] if todo else []):
+            by_length.setdefault(len(ids), []).append(caption)
+        feats = {}
+        for group in by_length.values():
+            enc = self.tokenizer(group, truncation=True, max_length=self.cfg.max_words,
+                                 return_tensors="pt").to(self.device)
+            hidden = self.text_encoder(**enc).last_hidden_state.to("cpu", torch.float16)
+            feats.update(zip(group, hidden))
+        if feats:
+            self._text_cache.add(feats)
         return [self._text_cache.store[c] for c in captions]
 
     def encode_words(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
