@@ -11,7 +11,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from tbpr.viz import (ablation_table, overlay_heatmap, plot_history, retrieval_grid,  # noqa: E402
-                      save_figure, save_table, stripe_bars, to_display_image, upsample_heat)
+                      save_figure, save_table, stripe_bars, to_display_image, upsample_heat, versus_chance)
 
 RUNS = {"baseline": [{"R1": 50.0, "R5": 70.0, "R10": 80.0, "mAP": 40.0, "mINP": 20.0},
                      {"R1": 52.0, "R5": 71.0, "R10": 81.5, "mAP": 41.0, "mINP": 21.0},
@@ -116,3 +116,11 @@ def test_save_table_writes_csv_and_markdown(tmp_path):
     assert lines[1] == "|---|---|---|---|---|"
     assert lines[2].startswith("| baseline | 3 | 53.00 ± 3.61 | 55.10 |")
     assert len(lines) == 2 + len(df)
+
+
+def test_versus_chance_separates_far_above_binomially_above_and_indistinguishable():
+    # 714 queries at chance 1 %: one binomial standard error of a random ranking is 0.37 points
+    assert versus_chance(5.6, 1.0, 714).startswith("far above chance (5.6×")
+    assert versus_chance(3.1, 1.0, 714).startswith("above chance (3.1×, 6 binomial standard errors)")
+    assert versus_chance(1.5, 1.0, 714) == "not distinguishable from chance"
+    assert versus_chance(1.5, 1.0, 100_000).startswith("above chance")

@@ -43,7 +43,7 @@ from tbpr.config import ablation_rows
 from tbpr.evaluate import encode_split, score_features
 from tbpr.models import count_parameters, create_model, get_config, parameter_table
 from tbpr.models.cada import CADA, attention_pointing, masked_attribute_accuracy
-from tbpr.viz import ablation_table, overlay_heatmap, plot_history, save_figure, save_table
+from tbpr.viz import ablation_table, overlay_heatmap, plot_history, save_figure, save_table, versus_chance
 from tbpr.viz.figures import to_display_image
 
 torch.set_num_threads(2)
@@ -378,9 +378,11 @@ def verdict(delta, paper_delta, noise):
 
 noise = max(table4.attrs["std"][k]["R1"] for k in mean) if len(seeds) > 1 else 0.0  # largest seed std
 r1 = mean["6 +NDF+ARA+ATP (L)"]["R1"]
-lines = [f"- Full CADA-L reaches R1 {r1:.1f}% on the SynthPedes {profile} test split (chance ≈ {chance_r1:.1f}%"
-         + ("; far above chance" if r1 > 5 * chance_r1 else "; NOT clearly above chance: this CPU-sized, randomly "
-            "initialised model has not learned the task at this budget, so the comparisons below are noise")
+num_queries = sum(len(r.captions) for r in records["test"])
+lines = [f"- Full CADA-L reaches R1 {r1:.1f}% on the SynthPedes {profile} test split (chance ≈ {chance_r1:.1f}%; "
+         + versus_chance(r1, chance_r1, num_queries)
+         + ("" if r1 >= 5 * chance_r1 else ": this CPU-sized, randomly initialised model has barely learned the task "
+            "at this budget, so most comparisons below are within seed noise")
          + "); the paper reports 78.37% on CUHK-PEDES."]
 for a, b, what in [("0 Baseline (CMPM)", "1 +NDF", "NDF instead of CMPM"), ("1 +NDF", "2 +NDF+ARA", "+ARA"),
                    ("1 +NDF", "3 +NDF+ATP (G)", "+ATP (global protocol)"),

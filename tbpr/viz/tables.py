@@ -73,3 +73,17 @@ def save_table(df, stem) -> tuple[Path, Path]:
     df.to_csv(csv)
     md.write_text(to_markdown(df))
     return csv, md
+
+
+def versus_chance(r1: float, chance: float, num_queries: int, far: float = 5.0) -> str:
+    """R@1 (%) against a random ranking's, in words. "far above chance" from ``far`` × chance on;
+    otherwise "above chance" when more than two binomial standard errors of a random ranking over
+    ``num_queries`` queries above it, else "not distinguishable from chance"."""
+    times = r1 / chance
+    if times >= far:
+        return f"far above chance ({times:.1f}×)"
+    se = 100 * np.sqrt((chance / 100) * (1 - chance / 100) / num_queries)
+    if r1 - chance > 2 * se:
+        return f"above chance ({times:.1f}×, {(r1 - chance) / se:.0f} binomial standard errors) but under {far:g}× it"
+    return "not distinguishable from chance"
+
