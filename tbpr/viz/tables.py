@@ -86,4 +86,3 @@ def versus_chance(r1: float, chance: float, num_queries: int, far: float = 5.0) 
     if r1 - chance > 2 * se:
         return f"above chance ({times:.1f}×, {(r1 - chance) / se:.0f} binomial standard errors) but under {far:g}× it"
     return "not distinguishable from chance"
-
