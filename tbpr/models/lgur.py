@@ -310,15 +310,15 @@ class LGUR(TBPRModel):
         encoded with (other matmul shapes round differently), so a run's result depended on the
         state of the cache; unpadded, they are a function of the caption alone."""
         todo = self._text_cache.missing(captions)
-        by_length: dict[int, list[str]] = {}
+        by_length: dict[int, list[tuple[str, list[int]]]] = {}
         for caption, ids in zip(todo, self.tokenize(todo)["input_ids"] if todo else []):
-            by_length.setdefault(len(ids), []).append(caption)
+            by_length.setdefault(len(ids), []).append((caption, ids))
         feats = {}
         for group in by_length.values():
-            enc = self.tokenizer(group, truncation=True, max_length=self.cfg.max_words,
-                                 return_tensors="pt").to(self.device)
-            hidden = self.text_encoder(**enc).last_hidden_state.to("cpu", torch.float16)
-            feats.update(zip(group, hidden))
+            ids = torch.tensor([i for _, i in group], device=self.device)
+            hidden = self.text_encoder(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                       token_type_ids=torch.zeros_like(ids)).last_hidden_state
+            feats.update(zip((c for c, _ in group), hidden.to("cpu", torch.float16)))
         if feats:
             self._text_cache.add(feats)
         return [self._text_cache.store[c] for c in captions]
