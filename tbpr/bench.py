@@ -13,8 +13,10 @@ import numpy as np
 import torch
 
 from .config import PROFILES
-from .evaluate import _concat, _EvalMode, retrieval_metrics
-from .models import _lookup, available_models, create_model
+from .config import parse_overrides
+from .data.text import Vocabulary
+from .evaluate import EvalMode, concat_features, retrieval_metrics
+from .papers import available_models, create_model, model_class
 
 CUHK_QUERIES, CUHK_GALLERY, CUHK_IDS = 6156, 3074, 1000  # CUHK-PEDES test split
 WORDS = ("a man woman wearing black white red blue green grey dark light shirt jacket coat pants "
@@ -177,10 +179,8 @@ def random_captions(n: int, seed=0, length=(12, 30)) -> list[str]:
 
 
 def _build_model(name: str, profile: str, device, overrides: dict | None = None):
-    model_cls, _ = _lookup(name)
     extra = dict(overrides or {})
-    if "vocab" in getattr(model_cls, "init_kwargs", ()):
-        from .data.text import Vocabulary
+    if "vocab" in model_class(name).data_fields:
         extra["vocab"] = Vocabulary.build(random_captions(200), min_count=1)
     return create_model(name, profile, device=device, **extra)
 
@@ -247,17 +247,17 @@ def _time_inference(model, cfg, device, num_images: int, num_captions: int, batc
     H, W = cfg.data.image_size
     images = torch.randn(num_images, 3, H, W)
     captions = random_captions(num_captions, seed=1)
-    with _EvalMode(model):
+    with EvalMode(model):
         model.encode_images(images[:2].to(device)), model.encode_texts(captions[:2])  # warm-up
-        image_feats, t_img = _timed(lambda: _concat([
+        image_feats, t_img = _timed(lambda: concat_features([
             model.encode_images(images[i:i + batch_size].to(device))
             for i in range(0, num_images, batch_size)]), device)
-        text_feats, t_txt = _timed(lambda: _concat([
+        text_feats, t_txt = _timed(lambda: concat_features([
             model.encode_texts(captions[i:i + batch_size]) for i in range(0, num_captions, batch_size)]),
             device)
         scores, t_sim = _timed(lambda: model.similarity(text_feats, image_feats), device)
         t_rerank = None
-        if callable(getattr(model, "rerank", None)):
+        if model.reranks:
             k = min(32, num_images)
             topk = scores.topk(k, dim=1).indices
             _, t_rerank = _timed(lambda: model.rerank(text_feats, image_feats, topk), device)
@@ -332,7 +332,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", nargs="*", metavar="KEY=VALUE", default=[],
                         help="model config overrides, e.g. vision_pretrained=null offline")
     args = parser.parse_args(argv)
-    from .cli import _overrides
     models = available_models()
     if args.target not in ("eval", "all", *models):
         parser.error(f"unknown target {args.target!r}; choose 'eval', 'all' or a model: {models}")
@@ -342,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown_table([_eval_row(result)]) + "\n")
     targets = models if args.target == "all" else [] if args.target == "eval" else [args.target]
     rows = [_model_row(bench_model(name, args.profile, train_steps=args.train_steps,
-                                   device=args.device, overrides=_overrides(args.set),
+                                   device=args.device, overrides=parse_overrides(args.set),
                                    verbose=False)) for name in targets]
     if rows:
         print(markdown_table(rows))

@@ -5,40 +5,22 @@ import argparse
 import json
 import sys
 
-import yaml
-
-from .config import PROFILES
-
-
-def _overrides(pairs: list[str]) -> dict:
-    """``--set train.lr=1e-4 use_mvnln=false`` -> ``{"train.lr": 1e-4, "use_mvnln": False}``."""
-    out = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"--set expects key=value, got {pair!r}")
-        out[key] = _parse_value(value)
-    return out
-
-
-def _parse_value(text: str):
-    value = yaml.safe_load(text)
-    if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    return value
+from .bench import main as bench_main
+from .config import PROFILES, parse_overrides
+from .evaluate import evaluate
+from .experiments import load_records, load_trained, resolve_data_root, run
+from .papers import count_parameters, create_model, get_config, parameter_table
+from .reproduce import run_notebooks
+from .summary import update_readme, write_summary
+from .synthpedes import main as synth_main
 
 
 def cmd_synth(args) -> None:
-    from .data.synthetic import main
-    main(args.rest)
+    synth_main(args.rest)
 
 
 def cmd_train(args) -> None:
-    from .experiments import run
-    result = run(args.model, args.profile, _overrides(args.set), dataset=args.dataset,
+    result = run(args.model, args.profile, parse_overrides(args.set), dataset=args.dataset,
                  data_root=args.data_root, seed=args.seed, device=args.device,
                  rerank_k=args.rerank_k, cache=not args.no_cache)
     print(json.dumps({"run_dir": result.run_dir, "train_seconds": round(result.train_seconds, 1),
@@ -46,38 +28,31 @@ def cmd_train(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from .evaluate import evaluate
-    from .experiments import load_records, load_trained, resolve_data_root
-    from .models import get_config
-    cfg = get_config(args.model, args.profile, _overrides(args.set))
+    cfg = get_config(args.model, args.profile, parse_overrides(args.set))
     records = load_records(args.dataset, resolve_data_root(args.dataset, args.data_root, args.profile))
-    model = load_trained(args.model, cfg, records["train"], args.checkpoint)
+    model = load_trained(args.model, cfg, args.checkpoint)
     metrics = evaluate(model.to(args.device), records[args.split], model.cfg.data,
                        device=args.device, rerank_k=args.rerank_k)
     print(json.dumps(metrics, indent=1))
 
 
 def cmd_bench(args) -> None:
-    from .bench import main
-    main(args.rest)
+    bench_main(args.rest)
 
 
 def cmd_reproduce(args) -> None:
-    from .reproduce import run_notebooks
     run_notebooks(args.profile, only=args.only, device=args.device, force=args.force,
                   seeds=args.seeds)
 
 
 def cmd_summary(args) -> None:
-    from .summary import update_readme, write_summary
     print(write_summary())
     if args.readme:
         print(update_readme())
 
 
 def cmd_params(args) -> None:
-    from .models import count_parameters, create_model, parameter_table
-    model = create_model(args.model, args.profile, device="meta", **_overrides(args.set))
+    model = create_model(args.model, args.profile, device="meta", **parse_overrides(args.set))
     for name, n in parameter_table(model).items():
         print(f"{name:40s} {n:>14,}")
     print(f"{'total':40s} {count_parameters(model):>14,}")

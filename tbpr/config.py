@@ -1,28 +1,20 @@
 """Configs are data: nested dataclasses, YAML presets, dotted overrides, a stable hash.
 
-Every model config holds the paper's numbers as its defaults (the ``paper`` profile); the YAML file
-``tbpr/configs/<model>.yaml`` lists what the CPU profiles (``quick``, ``smoke``) shrink and, under
-``ablations``, every ablation row of the paper as an override.
+Every model config holds the paper's numbers as its defaults (the ``paper`` profile); each paper's
+``tbpr/papers/<paper>/paper.yaml`` lists what the CPU profiles (``quick``, ``smoke``) shrink and,
+under ``ablations``, every ablation row of the paper as an override (read by ``tbpr.papers``).
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-CONFIG_DIR = Path(__file__).parent / "configs"
-
-
-def cache_dir() -> Path:
-    """Root of everything tbpr caches (rendered data, experiment runs): ``$TBPR_CACHE``, default
-    ``~/.cache/tbpr``."""
-    return Path(os.environ.get("TBPR_CACHE", Path.home() / ".cache" / "tbpr"))
 PROFILES = ("paper", "quick", "smoke")
 
 
@@ -125,31 +117,6 @@ def apply_overrides(cfg, overrides: dict | None):
     return dataclasses.replace(cfg, **changes)
 
 
-def load_presets(model_name: str) -> dict:
-    path = CONFIG_DIR / f"{model_name}.yaml"
-    if not path.exists():
-        return {}
-    return yaml.safe_load(path.read_text()) or {}
-
-
-def preset(cls, model_name: str, profile: str):
-    """The ``profile`` preset of ``cls``: paper defaults, then the YAML profile overrides."""
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; choose one of {PROFILES}")
-    cfg = cls()
-    if profile != "paper":
-        cfg = apply_overrides(cfg, load_presets(model_name).get(profile, {}))
-    return cfg
-
-
-def ablation_rows(model_name: str, table: str) -> dict[str, dict]:
-    """Ablation rows of ``table`` as ``{row label: overrides}`` from the model's YAML file."""
-    tables = load_presets(model_name).get("ablations", {})
-    if table not in tables:
-        raise KeyError(f"{model_name}: no ablation table {table!r}; have {sorted(tables)}")
-    return tables[table]
-
-
 def config_hash(obj) -> str:
     blob = json.dumps(obj if isinstance(obj, dict) else to_dict(obj), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -161,3 +128,25 @@ def save_config(cfg, path) -> None:
 
 def load_config(cls, path):
     return from_dict(cls, yaml.safe_load(Path(path).read_text()))
+
+
+def parse_value(text: str):
+    """A command-line value as YAML reads it (``1e-4`` as a float, which YAML 1.1 reads as a string)."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
+def parse_overrides(pairs: list[str] | None) -> dict:
+    """``["train.lr=1e-4", "use_pfl=false"]`` -> ``{"train.lr": 1e-4, "use_pfl": False}``."""
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects key=value, got {pair!r}")
+        out[key] = parse_value(value)
+    return out

@@ -21,6 +21,9 @@ from typing import Callable
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
+
+from .data.datasets import EvalSet, load_eval_images
 
 Similarity = torch.Tensor | np.ndarray | Callable[[slice], torch.Tensor | np.ndarray]
 Rerank = Callable[[torch.Tensor, torch.Tensor], torch.Tensor | np.ndarray]
@@ -258,24 +261,24 @@ def i2t_metrics(similarity, text_pids, image_pids, **kwargs) -> dict[str, float]
 
 
 # --------------------------------------------------------------------------- models
-def _concat(parts: list):
+def concat_features(parts: list):
     """Concatenate per-batch features (tensors, or dicts / lists of them) along dim 0."""
     first = parts[0]
     if isinstance(first, torch.Tensor):
         return torch.cat(parts, 0)
     if isinstance(first, dict):
-        return {key: _concat([p[key] for p in parts]) for key in first}
+        return {key: concat_features([p[key] for p in parts]) for key in first}
     if isinstance(first, (list, tuple)):
         return [item for p in parts for item in p]
     raise TypeError(f"model features must be tensors or dicts of tensors, got {type(first).__name__}")
 
 
-def _select(feats, index):
+def select_rows(feats, index):
     """Rows ``index`` (a slice or index tensor) of features (tensor / dict / list)."""
     if isinstance(feats, torch.Tensor):
         return feats[index]
     if isinstance(feats, dict):
-        return {key: _select(value, index) for key, value in feats.items()}
+        return {key: select_rows(value, index) for key, value in feats.items()}
     if isinstance(index, slice):
         return feats[index]
     return [feats[i] for i in index.tolist()]
@@ -284,13 +287,12 @@ def _select(feats, index):
 def _batches(n: int, batch_size: int, progress: bool, desc: str):
     starts = range(0, n, batch_size)
     if progress:
-        from tqdm.auto import tqdm
         starts = tqdm(starts, desc=desc, leave=False)
     for start in starts:
         yield slice(start, min(start + batch_size, n))
 
 
-class _EvalMode:
+class EvalMode:
     """``model.eval()`` + ``torch.no_grad()`` for a block, restoring the training mode after."""
 
     def __init__(self, model):
@@ -307,24 +309,39 @@ class _EvalMode:
         self.no_grad.__exit__(*exc)
 
 
-def encode_split(model, records, data_cfg, *, device="cpu", batch_size: int = 64, progress: bool = True):
+def _untimed(step: str, fn):
+    return fn()
+
+
+def encode_split(model, records, data_cfg, *, device="cpu", batch_size: int = 64, progress: bool = True,
+                 timer=_untimed):
     """Encode the gallery images and query captions of ``records`` (a test split).
 
     Returns ``(text_feats, image_feats, eval_set)`` with features in ``EvalSet`` order
-    (``eval_set.captions`` / ``eval_set.image_paths``).
+    (``eval_set.captions`` / ``eval_set.image_paths``). ``timer(step, fn)`` runs each model call
+    (step ``"gallery"`` or ``"queries"``), so a benchmark can time the model without image decoding.
     """
-    from .data.datasets import EvalSet, load_eval_images
-
     eval_set = EvalSet(records)
     if not len(eval_set.image_paths) or not len(eval_set.captions):
         raise ValueError(f"the split has {len(eval_set.image_paths)} images and "
                          f"{len(eval_set.captions)} captions; evaluation needs both")
-    with _EvalMode(model):
-        image_parts = [model.encode_images(load_eval_images(eval_set.image_paths[rows], data_cfg).to(device))
-                       for rows in _batches(len(eval_set.image_paths), batch_size, progress, "images")]
-        text_parts = [model.encode_texts(list(eval_set.captions[rows]))
+    with EvalMode(model):
+        image_parts = []
+        for rows in _batches(len(eval_set.image_paths), batch_size, progress, "images"):
+            images = load_eval_images(eval_set.image_paths[rows], data_cfg).to(device)
+            image_parts.append(timer("gallery", lambda: model.encode_images(images)))
+        text_parts = [timer("queries", lambda: model.encode_texts(list(eval_set.captions[rows])))
                       for rows in _batches(len(eval_set.captions), batch_size, progress, "captions")]
-    return _concat(text_parts), _concat(image_parts), eval_set
+    return concat_features(text_parts), concat_features(image_parts), eval_set
+
+
+def check_rerank(model, rerank_k: int) -> None:
+    """Re-ranking needs a model that re-scores a top-k (``model.reranks``, e.g. CADA-L)."""
+    if rerank_k < 0:
+        raise ValueError(f"rerank_k={rerank_k}: give 0 (no re-ranking) or the top-k to re-rank")
+    if rerank_k > 0 and not getattr(model, "reranks", False):  # any object with the model protocol
+        raise ValueError(f"rerank_k={rerank_k} but model {type(model).__name__} does not re-rank; "
+                         "use rerank_k=0")
 
 
 def score_features(model, text_feats, image_feats, query_pids, gallery_pids, *, rerank_k: int = 0,
@@ -332,15 +349,13 @@ def score_features(model, text_feats, image_feats, query_pids, gallery_pids, *, 
     """Metrics of encoded features scored by ``model.similarity`` in query chunks (and
     ``model.rerank`` over the top ``rerank_k`` when > 0)."""
     def similarity(rows: slice):
-        return model.similarity(_select(text_feats, rows), image_feats)
+        return model.similarity(select_rows(text_feats, rows), image_feats)
 
     def rerank(query_idx: torch.Tensor, topk_idx: torch.Tensor):
-        return model.rerank(_select(text_feats, query_idx), image_feats, topk_idx)
+        return model.rerank(select_rows(text_feats, query_idx), image_feats, topk_idx)
 
-    if rerank_k > 0 and not callable(getattr(model, "rerank", None)):
-        raise ValueError(f"rerank_k={rerank_k} but model {type(model).__name__} has no rerank(); "
-                         "use rerank_k=0")
-    with _EvalMode(model):
+    check_rerank(model, rerank_k)
+    with EvalMode(model):
         return retrieval_metrics(similarity, query_pids, gallery_pids, chunk_size=chunk_size,
                                  rerank=rerank if rerank_k > 0 else None, rerank_k=rerank_k,
                                  **kwargs)

@@ -8,10 +8,10 @@ re-execute cheaply and a batch reproduction resumes where it stopped.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
-import hashlib
-import importlib
 import json
+import multiprocessing
 import os
 import shutil
 import time
@@ -19,33 +19,19 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
-from .config import cache_dir, config_hash, to_dict
-from .models import _lookup, create_model, get_config
+from .cache import cache_dir, code_version
+from .config import config_hash, to_dict
+from .data.datasets import build_train_loader
+from .data.formats import load
+from .engine import distributed_env, fit, load_checkpoint, read_checkpoint, seed_everything
+from .evaluate import evaluate
+from .papers import get_config, model_class, recipe
+from .synthpedes import ensure
 
-PACKAGE_DIR = Path(__file__).parent
-# modules that cannot change a trained model or its metrics: editing them keeps the cache valid
-PRESENTATION = {"bench.py", "cli.py", "explorer.py", "reproduce.py", "summary.py", "viz"}
 DATA_PROFILE = {"smoke": "smoke", "quick": "quick", "paper": "large"}
-
-
-@functools.lru_cache(maxsize=None)
-def code_version(model: str | None = None) -> str:
-    """Hash of the library source a run of ``model`` depends on: a result computed by other code is
-    never reused. Another paper's model file and presets are left out, so finishing one paper does
-    not invalidate the cached runs of the others."""
-    from .models import MODEL_NAMES
-    others = {f"models/{m}.py" for m in MODEL_NAMES if m != model} | \
-        {f"configs/{m}.yaml" for m in MODEL_NAMES if m != model}
-    digest = hashlib.sha256()
-    for path in sorted(PACKAGE_DIR.rglob("*")):
-        rel = path.relative_to(PACKAGE_DIR)
-        if path.suffix in {".py", ".yaml", ".json"} and "__pycache__" not in rel.parts \
-                and rel.parts[0] not in PRESENTATION and rel.as_posix() not in others:
-            digest.update(rel.as_posix().encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()[:12]
 
 
 def default_seeds(profile: str) -> list[int]:
@@ -71,9 +57,8 @@ class Result:
     def load_model(self, device: str = "cpu"):
         """The trained model of this run, rebuilt from its config and checkpoint."""
         spec = self.spec
-        records = load_records(spec["dataset"], spec["data_root"])
         model = load_trained(spec["model"], get_config(spec["model"], "paper", spec["config"]),
-                             records["train"], Path(self.run_dir) / "model.safetensors")
+                             Path(self.run_dir) / "model.safetensors")
         return model.to(device).eval()
 
     def save(self, path: Path) -> None:
@@ -90,13 +75,11 @@ def resolve_data_root(dataset: str, data_root, profile: str):
     if dataset != "synthpedes":
         raise ValueError(f"dataset {dataset!r} needs data_root= (the folder holding its JSON and "
                          "images); only 'synthpedes' is generated locally")
-    from .data.synthetic import ensure
     return ensure(DATA_PROFILE[profile])
 
 
 @functools.lru_cache(maxsize=8)
 def _records(dataset: str, root: str):
-    from .data.formats import load
     return load(dataset, root)
 
 
@@ -104,39 +87,49 @@ def load_records(dataset: str, root) -> dict:
     return _records(dataset, str(root))
 
 
+def with_num_classes(cfg, train_records):
+    """``cfg`` with ``num_classes`` (the identity classifiers' width) set to the training split's
+    number of identities, for the models that have identity classifiers."""
+    if not hasattr(cfg, "num_classes"):
+        return cfg
+    return dataclasses.replace(cfg, num_classes=len({r.pid for r in train_records}))
+
+
 def build_model(name: str, cfg, train_records):
-    """Build ``name`` for a dataset: ``num_classes`` from its training ids, ``build_for_data`` hook."""
-    model_cls, _ = _lookup(name)
-    if hasattr(cfg, "num_classes"):
-        import dataclasses
-        cfg = dataclasses.replace(cfg, num_classes=len({r.pid for r in train_records}))
-    if hasattr(model_cls, "build_for_data"):
-        return model_cls.build_for_data(cfg, train_records)
-    return create_model(name, config=cfg)
+    """Model ``name`` for a dataset: its identity count and what its recipe derives from the training
+    records (a word vocabulary), then the recipe's warm start."""
+    cfg = with_num_classes(cfg, train_records)
+    paper = recipe(name)
+    model = model_class(name)(cfg, **paper.data_state(cfg, train_records))
+    paper.warm_start(model, train_records)
+    return model
 
 
-def load_trained(name: str, cfg, train_records, checkpoint):
-    """A trained model from its checkpoint. Built without its pretrained initialisation, which the
-    checkpoint replaces anyway (for IVT that would mean running the pre-training stage first)."""
-    from .engine import load_checkpoint
-    from .models.base import checkpoint_follows
-    with checkpoint_follows():
-        model = build_model(name, cfg, train_records)
+def load_trained(name: str, cfg, checkpoint):
+    """A trained model from its checkpoint: built from ``cfg`` and the data-derived state saved in
+    the checkpoint (its vocabulary), never from other data; no warm start, the weights replace it."""
+    state = read_checkpoint(checkpoint)
+    if "num_classes" in state["config"] and hasattr(cfg, "num_classes"):
+        cfg = dataclasses.replace(cfg, num_classes=state["config"]["num_classes"])
+    model = model_class(name)(cfg, **state["extra_state"])
     load_checkpoint(model, checkpoint)
     return model
 
 
-def _train(model, records, cfg, run_dir: Path, seed: int, device: str, progress: bool) -> list[dict]:
-    from .data.datasets import build_train_loader
-    from .engine import distributed_env, fit
+def _train(model, name: str, records, cfg, run_dir: Path, seed: int, device: str,
+           progress: bool) -> list[dict]:
     rank, world = distributed_env()
+    paper = recipe(name)
+    paper.attach_training_data(model, records["train"])
     loader = build_train_loader(records["train"], cfg.data, seed=seed, rank=rank, world_size=world)
-    if not hasattr(model, "stages"):
-        return fit(model, loader, cfg.train, out_dir=run_dir, seed=seed, device=device,
+    stages = paper.stages(model)
+    if len(stages) == 1:
+        paper.enter_stage(model, stages[0][0])
+        return fit(model, loader, stages[0][1], out_dir=run_dir, seed=seed, device=device,
                    progress=progress)
     history = []
-    for stage, train_cfg in model.stages():
-        model.enter_stage(stage)
+    for stage, train_cfg in stages:
+        paper.enter_stage(model, stage)
         logs = fit(model, loader, train_cfg, out_dir=run_dir / stage, seed=seed, device=device,
                    progress=progress)
         history += [{**log, "stage": stage} for log in logs]
@@ -166,9 +159,6 @@ def run(model: str, profile: str = "quick", overrides: dict | None = None, *,
     ``rerank_k=32`` after ``rerank_k=0``) reuses the trained checkpoint. ``cache_only`` returns
     None instead of training when the trained checkpoint is not cached.
     """
-    from .engine import seed_everything
-    from .evaluate import evaluate
-
     cfg, spec, key = run_spec(model, profile, overrides, dataset, data_root, seed, device)
     root = spec["data_root"]
     run_dir = cache_dir() / "experiments" / key
@@ -187,7 +177,7 @@ def run(model: str, profile: str = "quick", overrides: dict | None = None, *,
         seed_everything(seed)
         net = build_model(model, cfg, records["train"]).to(device)
         start = time.perf_counter()
-        history = _train(net, records, net.cfg, run_dir, seed, device, progress)
+        history = _train(net, model, records, net.cfg, run_dir, seed, device, progress)
         trained = {"history": history, "train_seconds": time.perf_counter() - start}
         trained_path.write_text(json.dumps(trained, default=str))
     start = time.perf_counter()
@@ -207,10 +197,8 @@ def default_workers(device: str = "cpu") -> int:
     return 1 if str(device) != "cpu" else max(1, min(os.cpu_count() or 1, 4))
 
 
-def _run_in_worker(module: str, threads: int, model: str, profile: str, overrides: dict,
+def _run_in_worker(threads: int, model: str, profile: str, overrides: dict,
                    seed: int, kwargs: dict) -> "Result":
-    import torch
-    importlib.import_module(module)  # registers the model in this fresh process
     torch.set_num_threads(threads)
     return run(model, profile, overrides, seed=seed, **{**kwargs, "progress": False})
 
@@ -253,12 +241,10 @@ def run_many(model: str, rows: dict[str, dict], seeds=None, profile: str = "quic
     if todo:
         todo_jobs, todo = todo, _one_per_key(model, profile, rows, todo, kwargs)
         bar.total = bar.n + len(todo)
-        import multiprocessing
-        module = _lookup(model)[0].__module__
         threads = max(1, (os.cpu_count() or 1) // workers)
         with ProcessPoolExecutor(min(workers, len(todo)),
                                  mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(_run_in_worker, module, threads, model, profile, rows[label],
+            futures = {pool.submit(_run_in_worker, threads, model, profile, rows[label],
                                    s, kwargs): (label, s) for label, s in todo}
             for future in as_completed(futures):
                 future.result()

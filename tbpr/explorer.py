@@ -33,7 +33,6 @@ model-agnostic *word-ablation saliency*: for word w, the gradient with respect t
 """
 from __future__ import annotations
 
-import re
 import textwrap
 from collections import OrderedDict
 from pathlib import Path
@@ -42,112 +41,18 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
+import ipywidgets as w
+from IPython.display import display
+
+from . import experiments
+from .data.datasets import EvalSet, load_eval_images
+from .data.text import caption_word_spans
+from .engine import read_checkpoint
+from .papers import MODEL_NAMES, recipe
+from .papers.base import SENTENCE
 from .viz import overlay_heatmap, to_display_image
 
-_WORD = re.compile(r"[a-z0-9]+(?:['-][a-z0-9]+)*")
-SENTENCE = "[sentence]"
-
-
-def _words(caption: str) -> list[tuple[str, int, int]]:
-    """(word, char start, char end), lower-cased, punctuation dropped."""
-    return [(m.group(), m.start(), m.end()) for m in _WORD.finditer(caption.lower())]
-
-
-# ----------------------------------------------------------------------------- the papers' own maps
-@torch.no_grad()
-def explain_ssan(model, caption: str, image: torch.Tensor) -> dict | None:
-    """WAM (Eq. 8): s_i^k = σ(W_p^k e_i) of each word over the K stripes. Text-side only: the same
-    for every image, which is what SSAN does (a word picks its stripes before seeing the image)."""
-    if not model.cfg.use_pfl:
-        return None
-    scored = model.wam_word_scores([caption])[0]
-    bars = torch.stack([s for *_, s in scored]) if scored else torch.zeros(0, model.cfg.num_parts)
-    return {"tokens": [w for w, *_ in scored], "maps": bars[:, :, None], "bars": bars,
-            "kind": "SSAN WAM word→stripe probability s_i^k (Eq. 8)"}
-
-
-@torch.no_grad()
-def explain_lgur(model, caption: str, image: torch.Tensor) -> dict | None:
-    """Words and patches both attend over the shared dictionary 𝒟 (Eqs. 1-2): a patch lights up
-    for a word when their attention profiles over the atoms agree (cosine, heads averaged, a
-    word's WordPiece tokens averaged), scaled by the foreground mask ℳ as the rebuild V_𝒟 is."""
-    if model.cfg.recon_type == "none":
-        return None
-    vis, txt = model.visual_internals(image[None]), model.text_internals([caption])
-    patches = vis["dga_attn"][0].mean(0)  # [N, N_a]
-    pieces = txt["dga_attn"][0].mean(0)  # [L, N_a]
-    tokens, profiles = [], []
-    for word, start, end in _words(caption):
-        rows = [j for j, (s, e) in enumerate(txt["offsets"][0]) if e > s and s >= start and e <= end]
-        if rows:  # words cut off by max_words have none
-            tokens.append(word)
-            profiles.append(pieces[rows].mean(0))
-    mask = vis["mask"][0]
-    if profiles:
-        agree = F.cosine_similarity(torch.stack(profiles)[:, None], patches[None], dim=-1)  # [n, N]
-        maps = (agree.clamp(min=0) * mask).view(len(tokens), *vis["grid"]).cpu()
-    else:
-        maps = torch.zeros(0, *vis["grid"])
-    return {"tokens": tokens, "maps": maps, "mask": mask.view(vis["grid"]).cpu(),
-            "kind": "LGUR dictionary-attention agreement × foreground mask ℳ (Eqs. 1-2)"}
-
-
-@torch.no_grad()
-def explain_ivt(model, caption: str, image: torch.Tensor) -> dict:
-    """``IVT.alignment_maps`` with the image encoded once: cos(f_txt, Ẑ^v_k) per patch, f_txt of
-    each word alone and of each word-level attribute phrase MLA trains on (Fig. 6)."""
-    from .models.ivt import attribute_phrases
-    words = list(dict.fromkeys(w for w, _, _ in _words(caption)))
-    tokens = words + [p for p in attribute_phrases(caption) if " " in p and p not in words]
-    patches = F.normalize(model.image_tokens(image[None].to(model.device))[0, 1:], dim=-1)
-    f_txt = F.normalize(model.encode_texts(tokens), dim=-1)
-    maps = (f_txt @ patches.T).view(len(tokens), *model.cfg.patch_grid).cpu()
-    return {"tokens": tokens, "maps": maps, "kind": "IVT cos(text [CLS], visual token) (Figs. 4/6)"}
-
-
-@torch.no_grad()
-def explain_cada(model, caption: str, image: torch.Tensor) -> dict | None:
-    """Decoder cross-attention of each text token over the patches (Fig. 5), heads and layers
-    averaged; a word averages its tokens, an attribute chunk (the span ARA masks) its words."""
-    if not model.has_decoder:
-        return None
-    amap = model.word_patch_attention(image[None].to(model.device), [caption])[0].cpu()  # [T, gh, gw]
-    enc = model.tokenizer.encode(caption)
-    tokens, maps = [], []
-    for (word, _, _), pos in zip(enc.words, enc.word_pos):
-        if pos and _WORD.fullmatch(word):
-            tokens.append(word)
-            maps.append(amap[pos].mean(0))
-    for chunk in enc.chunks:
-        words = [w for (w, _, _), pos in zip(enc.words, enc.word_pos) if pos and set(pos) <= set(chunk)]
-        if len(words) > 1:
-            tokens.append(" ".join(words))
-            maps.append(amap[chunk].mean(0))
-    maps = torch.stack(maps) if maps else amap[:0]
-    return {"tokens": tokens, "maps": maps, "kind": "CADA decoder word→patch cross-attention (Fig. 5)"}
-
-
-@torch.no_grad()
-def explain_mia(model, caption: str, image: torch.Tensor) -> dict | None:
-    """BFM P→N weights α_ik (Eq. 13) of each noun phrase over the n parts and RGA's relation
-    attention v_k(I, T) (Eq. 6) of the sentence, drawn as horizontal stripes."""
-    text, img = model.encode_texts([caption]), model.encode_images(image[None].to(model.device))
-    tokens, rows = [], []
-    if "P_rga" in img and "T" in text:
-        tokens.append(SENTENCE)
-        rows.append(model.relation_attention(text, img)[0])  # [1, n]
-    if "N_bfm" in text:
-        tokens += [p for _, _, p in model.phrases_of(caption)]
-        rows.append(model.phrase_part_attention(text, img, 0)[0])  # [m, n]
-    if not rows:
-        return None
-    return {"tokens": tokens, "maps": torch.cat(rows)[:, :, None].cpu(),
-            "kind": "MIA BFM phrase→part α (Eq. 13) / RGA sentence→part v_k (Eq. 6)"}
-
-
-EXPLAINERS = {"ssan": explain_ssan, "lgur": explain_lgur, "ivt": explain_ivt, "cada": explain_cada,
-              "mia": explain_mia}
-
+__all__ = ["SENTENCE", "Explorer", "explain", "token_map", "word_ablation_saliency"]
 
 # ----------------------------------------------------------------------------- any model
 def word_ablation_saliency(model, caption: str, image: torch.Tensor) -> dict:
@@ -175,15 +80,12 @@ def _row(feats, i: int):
 def explain(model, caption: str, image: torch.Tensor) -> dict:
     """``model.explain`` if it has one, else its paper's explainer, else the word-ablation saliency
     (also for configurations without the module the paper's explanation reads, e.g. SSAN w/o PFL)."""
-    if callable(getattr(model, "explain", None)):
-        return model.explain(caption, image)
-    explainer = EXPLAINERS.get(getattr(model, "name", None))
-    out = explainer(model, caption, image) if explainer else None
+    out = recipe(model.name).explain(model, caption, image) if model.name in MODEL_NAMES else None
     return out if out is not None else word_ablation_saliency(model, caption, image)
 
 
 def _norm(text: str) -> str:
-    return " ".join(_WORD.findall(text.lower().replace("##", "")))
+    return " ".join(w for w, _, _ in caption_word_spans(text.replace("##", "")))
 
 
 def _token_rows(tokens: list[str], query: str) -> list[int]:
@@ -220,7 +122,6 @@ class Explorer:
     """Retrieval + the models' own word maps for one or more trained models over a test split."""
 
     def __init__(self, models: dict, records, batch_size: int = 64):
-        from .data.datasets import EvalSet
         self.models = {name: m.eval() for name, m in models.items()}
         self.eval_set = EvalSet(records)
         self.batch_size = batch_size
@@ -232,10 +133,8 @@ class Explorer:
     @classmethod
     def from_checkpoints(cls, checkpoints: dict, dataset: str = "synthpedes", data_root=None,
                          profile: str = "quick", split: str = "test", device: str = "cpu") -> "Explorer":
-        """Models rebuilt from tbpr checkpoints ``{name: model.safetensors or its run folder}``; the
-        training split of the dataset gives the vocabularies, ``split`` is the gallery."""
-        from . import experiments
-        from .engine import read_checkpoint
+        """Models rebuilt from tbpr checkpoints ``{name: model.safetensors or its run folder}``
+        (each with the vocabulary saved in it); ``split`` of the dataset is the gallery."""
         root = experiments.resolve_data_root(dataset, data_root, profile)
         records = experiments.load_records(dataset, root)
         models = {}
@@ -243,13 +142,12 @@ class Explorer:
             path = Path(path) / "model.safetensors" if Path(path).is_dir() else Path(path)
             meta = read_checkpoint(path)
             cfg = experiments.get_config(meta["model"], "paper", meta["config"])
-            models[name] = experiments.load_trained(meta["model"], cfg, records["train"], path).to(device)
+            models[name] = experiments.load_trained(meta["model"], cfg, path).to(device)
         return cls(models, records[split])
 
     def gallery(self, name: str):
         """Gallery images and features of model ``name``, encoded once."""
         if name not in self._gallery:
-            from .data.datasets import load_eval_images
             model = self.models[name]
             images = load_eval_images(self.eval_set.image_paths, model.cfg.data)
             with torch.no_grad():
@@ -342,8 +240,6 @@ class Explorer:
     def widget(self):
         """An ipywidgets panel: model, description (free text or a test caption), top-k, and a word
         or phrase the model explains. ``self.controls`` holds the inputs, ``self.last`` the state."""
-        import ipywidgets as w
-        from IPython.display import display
 
         captions = list(dict.fromkeys(self.eval_set.captions))[:200]
         c = self.controls = {

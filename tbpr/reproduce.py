@@ -10,6 +10,13 @@ import json
 import time
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
+from .cache import cache_dir, code_version
+from .experiments import default_seeds
+from .papers import MODEL_NAMES
+from .summary import write_summary
+
 REPO = Path(__file__).resolve().parents[1]
 # DESIGN.md's notebook order: the data tour, the papers in the order they appeared, then the rest.
 EXPECTED = ("00_synthpedes", "01_mia", "02_ssan", "03_lgur", "04_ivt", "05_cada",
@@ -43,8 +50,6 @@ def missing(directory: Path) -> list[str]:
 def notebook_code_version(stem: str) -> str:
     """The code a notebook's numbers depend on: its paper's model for 01-05 (``code_version``), every
     model for the others (06/07 compare all five; 00 is cheap enough to share that rule)."""
-    from .experiments import code_version
-    from .models import MODEL_NAMES
     topic = stem.split("_", 1)[-1]
     if topic in MODEL_NAMES:
         return code_version(topic)
@@ -71,7 +76,6 @@ def _stamp_code_version(executed: Path, version: str) -> None:
 
 
 def _cached_runs() -> set[str]:
-    from .config import cache_dir
     runs = cache_dir() / "experiments"
     return {p.name for p in runs.iterdir() if (p / "result.json").exists()} if runs.is_dir() else set()
 
@@ -80,7 +84,6 @@ def _write_provenance(figures_dir: Path, nb: Path, profile: str, seconds: float,
                       trained: int, version: str) -> None:
     """``run.md``: when and how long, and how many runs this execution trained; a re-execution
     that read its runs from the cache is minutes faster than the reproduction it re-draws."""
-    from .experiments import default_seeds
     folder = figures_dir / nb.stem.split("_", 1)[1]
     if folder.is_dir():
         (folder / "run.md").write_text(
@@ -103,10 +106,7 @@ def run_notebooks(profile: str = "quick", *, only: list[str] | None = None,
     training runs are cached, so a re-executed notebook only computes what changed. ``seeds``
     overrides the notebooks' default (three at quick). Ends by rewriting ``figures/summary.md``.
     """
-    import papermill
-    from tqdm.auto import tqdm
-
-    from .summary import write_summary
+    import papermill  # here, not at the top: 1.2 s to import, and only a reproduction needs it
 
     figures_dir = Path(figures_dir or figures_dir_for(profile)).resolve()
     notebook_dir = Path(notebook_dir or REPO / "notebooks")

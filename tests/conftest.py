@@ -14,5 +14,5 @@ def _tbpr_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def smoke_root(_tbpr_cache):
     """Root of the smoke SynthPedes (CUHK-PEDES layout), rendered once per test session."""
-    from tbpr.data.synthetic import ensure
+    from tbpr.synthpedes import ensure
     return ensure("smoke", seed=0)

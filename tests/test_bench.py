@@ -6,8 +6,8 @@ import torch
 
 import tbpr.bench as bench
 from tbpr.config import ModelConfig
-from tbpr.models import _REGISTRY, get_config
-from tbpr.models.base import TBPRModel
+from tbpr.papers import _REGISTRY, get_config
+from tbpr.papers.base import TBPRModel
 
 from test_evaluate import reference_metrics
 

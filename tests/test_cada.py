@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from tbpr.losses import atp_loss, cmpm_loss, mam_loss, ndf_loss
-from tbpr.models import count_parameters, create_model, parameter_table
-from tbpr.models import cada as cada_mod
+from tbpr.papers import count_parameters, create_model, parameter_table
+from tbpr.papers.cada import model as cada_mod
 from tbpr.config import ablation_rows
 
 LEXICON = {"red": "JJ", "blue": "JJ", "white": "JJ", "black": "JJ", "long": "JJ", "and": "CC", "man": "NN",

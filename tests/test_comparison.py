@@ -45,7 +45,7 @@ def test_rerank_ranking_gives_the_metrics_of_evaluate_with_a_rerank_callback():
 def test_timed_scores_ranks_like_evaluate_and_times_every_step(smoke_root, monkeypatch):
     from tbpr.data.formats import load
     from tbpr.evaluate import evaluate
-    from tbpr.models import create_model
+    from tbpr.papers import create_model
 
     def toy_rerank(self, text_feats, image_feats, topk):  # a second opinion: negated cosine
         return -(text_feats[:, None, :] * image_feats[topk]).sum(-1)
@@ -77,7 +77,7 @@ def test_timed_scores_ranks_like_evaluate_and_times_every_step(smoke_root, monke
 
 def test_timed_scores_refuses_rerank_without_a_rerank_method(smoke_root):
     from tbpr.data.formats import load
-    from tbpr.models import create_model
+    from tbpr.papers import create_model
     model = create_model("toy")
     with pytest.raises(ValueError, match="no rerank"):
         timed_scores(model, load("synthpedes", smoke_root)["test"], model.cfg.data, rerank_k=3)

@@ -1,7 +1,7 @@
 """The benchmark's floor (BoW × colour-histogram CCA) and ceiling (attribute oracle)."""
 import numpy as np
 
-from tbpr.data import baseline
+from tbpr.synthpedes import baseline
 
 
 def test_cca_aligns_linearly_related_views():

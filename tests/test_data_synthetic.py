@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tbpr.data import synthetic as S
+from tbpr.synthpedes import render as S
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from tbpr.config import ModelConfig, TrainConfig, apply_overrides
 from tbpr.engine import (STATE_FILE, WEIGHTS_FILE, build_optimizer, build_scheduler, fit,
                          load_checkpoint, read_checkpoint, save_checkpoint, scheduled_lr,
                          seed_everything)
-from tbpr.models.base import TBPRModel
+from tbpr.papers.base import TBPRModel
 
 
 @dataclass

@@ -8,7 +8,7 @@ from tbpr.config import DataConfig
 from tbpr.data.datasets import load_eval_images
 from tbpr.data.formats import Record
 from tbpr.evaluate import encode_split, evaluate, retrieval_metrics
-from tbpr.models.base import TBPRModel
+from tbpr.papers.base import TBPRModel
 
 from test_evaluate import reference_metrics
 

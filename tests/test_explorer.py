@@ -11,7 +11,7 @@ from tbpr.data.formats import load  # noqa: E402
 from tbpr.engine import save_checkpoint  # noqa: E402
 from tbpr.explorer import (EXPLAINERS, SENTENCE, Explorer, _token_index, explain, token_map,  # noqa: E402
                            word_ablation_saliency)
-from tbpr.models import get_config  # noqa: E402
+from tbpr.papers import get_config  # noqa: E402
 
 import toymodel  # noqa: E402,F401
 

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from tbpr.losses import cmpm_loss, itc_loss, itm_loss
-from tbpr.models import count_parameters, create_model, get_config
-from tbpr.models import ivt as ivt_module
-from tbpr.models.ivt import (IVT, bmm_keep_index, load_vit_bert, phrase_candidates,
+from tbpr.papers import count_parameters, create_model, get_config
+from tbpr.papers.ivt import model as ivt_module
+from tbpr.papers.ivt.model import (IVT, bmm_keep_index, load_vit_bert, phrase_candidates,
                              word_level_text)
 
 

@@ -7,15 +7,15 @@ import torch
 
 from tbpr import experiments
 from tbpr.evaluate import evaluate
-from tbpr.models import create_model
-from tbpr.models import ivt as ivt_module
+from tbpr.papers import create_model
+from tbpr.papers.ivt import model as ivt_module
 
 
 @pytest.fixture()
 def isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TBPR_CACHE", str(tmp_path))
     # rendered SynthPedes is shared with the other tests: point the data at the usual cache
-    from tbpr.data import synthetic
+    from tbpr import synthpedes as synthetic
     monkeypatch.setattr(synthetic, "cache_dir", lambda: experiments.Path.home() / ".cache" / "tbpr")
     return tmp_path
 

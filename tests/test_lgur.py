@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 from tbpr.config import ablation_rows
 from tbpr.losses import part_id_loss, semi_hard_ranking_loss
-from tbpr.models import count_parameters, create_model, parameter_table
-from tbpr.models.lgur import CrossAttentionLayer
+from tbpr.papers import count_parameters, create_model, parameter_table
+from tbpr.papers.lgur.model import CrossAttentionLayer
 
 # a tiny random frozen BERT keeps these unit tests independent of the MiniLM package
 TINY = dict(text_pretrained=None, text_width=32, text_layers=1, text_heads=2, text_ffn=64,

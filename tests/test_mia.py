@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from tbpr.data.text import Vocabulary
-from tbpr.models import count_parameters, create_model, get_config
-from tbpr.models.mia import MIA, attended_cosine, fine_grained_scores, pad_phrases
+from tbpr.papers import count_parameters, create_model, get_config
+from tbpr.papers.mia.model import MIA, attended_cosine, fine_grained_scores, pad_phrases
 
 CAPTIONS = ["A woman wearing a red jacket and black and white shoes, carrying her phone.",
             "The man has dark slacks and a yellow short sleeve shirt.",

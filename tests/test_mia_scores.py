@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from tbpr.losses import sum_of_hinges
-from tbpr.models.mia import attended_cosine, attention_weights, fine_grained_scores, fuse, pad_phrases
+from tbpr.papers.mia.model import attended_cosine, attention_weights, fine_grained_scores, fuse, pad_phrases
 
 
 def cos(x, y):

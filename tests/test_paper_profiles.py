@@ -8,7 +8,7 @@ import torch
 
 from tbpr import experiments
 from tbpr.data.datasets import build_train_loader
-from tbpr.models import get_config
+from tbpr.papers import get_config
 
 OFFLINE = {
     "ssan": {},

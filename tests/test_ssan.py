@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from tbpr.losses import bidirectional_ranking_loss, compound_ranking_loss, cosine_matrix
-from tbpr.models import create_model, get_config, parameter_table
-from tbpr.models.ssan import SSAN
+from tbpr.papers import create_model, get_config, parameter_table
+from tbpr.papers.ssan.model import SSAN
 
 TINY = dict(backbone="strided_cnn", cnn_widths=(4, 8, 8, 16, 16), vocab_size=0, embed_dim=8,
             hidden_dim=16, feat_dim=16, nln_embed_dim=8, nln_out_dim=8, num_classes=4,

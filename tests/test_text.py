@@ -1,7 +1,8 @@
 """Text processing: BERT WordPiece offline, word vocabularies, POS tagging and noun phrases."""
 import pytest
 
-from tbpr.data import synthetic, text
+from tbpr import synthpedes as synthetic
+from tbpr.data import text
 from tbpr.data.text import Vocabulary, noun_phrases, phrase_f1, word_tokenize
 
 # Hand-written CUHK-PEDES-style captions and the noun phrases a reader marks (MIA's NP rule).

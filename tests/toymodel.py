@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tbpr.config import DataConfig, ModelConfig, TrainConfig
-from tbpr.models import TBPRModel, register_model
+from tbpr.papers import TBPRModel, register_model
 
 
 @dataclass

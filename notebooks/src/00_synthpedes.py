@@ -36,7 +36,7 @@ from IPython.display import display
 from PIL import Image
 
 from tbpr.data import formats, synthetic, text
-from tbpr.data.baseline import baseline_rank1, text_oracle_rank1
+from tbpr.synthpedes.baseline import baseline_rank1, text_oracle_rank1
 from tbpr.viz import save_figure, save_table
 
 figdir = Path(out_dir) / "synthpedes"

@@ -38,8 +38,8 @@ from PIL import Image
 
 from tbpr import experiments
 from tbpr.config import ablation_rows
-from tbpr.models import count_parameters, create_model, get_config, parameter_table
-from tbpr.models.mia import fuse, scoring_metrics, split_eval_overrides, split_scores
+from tbpr.papers import count_parameters, create_model, get_config, parameter_table
+from tbpr.papers.mia.model import fuse, scoring_metrics, split_eval_overrides, split_scores
 from tbpr.viz import ablation_table, plot_history, retrieval_grid, save_figure, save_table
 
 START = time.time()
@@ -258,7 +258,7 @@ for j, i in enumerate(caption_record):
     first_caption.setdefault(i, j)
 gt = None
 if dataset == "synthpedes":
-    from tbpr.data.synthetic import load_ground_truth
+    from tbpr.synthpedes import load_ground_truth
     gt = load_ground_truth(root)
 
 

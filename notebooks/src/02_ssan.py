@@ -33,7 +33,7 @@ import torch
 from tbpr import experiments
 from tbpr.config import ablation_rows
 from tbpr.evaluate import encode_split, retrieval_metrics
-from tbpr.models import create_model, get_config, parameter_table
+from tbpr.papers import create_model, get_config, parameter_table
 from tbpr.viz import ablation_table, plot_history, save_figure, save_table, stripe_bars, to_display_image
 
 seeds = experiments.default_seeds(profile) if seeds is None else list(seeds)
@@ -191,7 +191,7 @@ df7
 # We pick two test captions whose bag the renderer drew in different stripes.
 
 # %%
-from tbpr.data.synthetic import load_ground_truth  # noqa: E402
+from tbpr.synthpedes import load_ground_truth  # noqa: E402
 
 gt = load_ground_truth(root) if dataset == "synthpedes" else None
 model = main.load_model(device)

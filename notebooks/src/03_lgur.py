@@ -40,8 +40,8 @@ from IPython.display import Markdown, display
 from tbpr import experiments
 from tbpr.config import ablation_rows
 from tbpr.data.datasets import load_eval_images
-from tbpr.models import count_parameters, create_model, get_config, parameter_table
-from tbpr.models.lgur import FrozenTextCache
+from tbpr.papers import count_parameters, create_model, get_config, parameter_table
+from tbpr.papers.lgur.model import FrozenTextCache
 from tbpr.viz import (ablation_table, overlay_heatmap, plot_history, save_figure, save_table, to_display_image,
                       to_markdown)
 
@@ -221,7 +221,7 @@ def pearson(a, b):
 
 has_gt = dataset == "synthpedes"
 if has_gt:
-    from tbpr.data.synthetic import load_ground_truth, region_mask
+    from tbpr.synthpedes import load_ground_truth, region_mask
     gt = load_ground_truth(root)
 vis = visual_internals_of(trained, test)
 grid = vis["grid"]

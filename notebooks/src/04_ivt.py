@@ -44,10 +44,10 @@ from IPython.display import Markdown, display
 from tbpr import experiments
 from tbpr.config import ablation_rows
 from tbpr.data.datasets import EvalSet, load_eval_images
-from tbpr.data.synthetic import load_ground_truth, region_mask
+from tbpr.synthpedes import load_ground_truth, region_mask
 from tbpr.evaluate import encode_split
-from tbpr.models import count_parameters, create_model, get_config
-from tbpr.models.ivt import attribute_phrases, phrase_level_text, word_level_text
+from tbpr.papers import count_parameters, create_model, get_config
+from tbpr.papers.ivt.model import attribute_phrases, phrase_level_text, word_level_text
 from tbpr.viz import (ablation_table, overlay_heatmap, plot_history, retrieval_grid, save_figure,
                       save_table, to_display_image, to_markdown, upsample_heat, versus_chance)
 

@@ -41,8 +41,8 @@ import torch
 from tbpr import experiments
 from tbpr.config import ablation_rows
 from tbpr.evaluate import encode_split, score_features
-from tbpr.models import count_parameters, create_model, get_config, parameter_table
-from tbpr.models.cada import CADA, attention_pointing, masked_attribute_accuracy
+from tbpr.papers import count_parameters, create_model, get_config, parameter_table
+from tbpr.papers.cada.model import CADA, attention_pointing, masked_attribute_accuracy
 from tbpr.viz import ablation_table, overlay_heatmap, plot_history, save_figure, save_table, versus_chance
 from tbpr.viz.figures import to_display_image
 
@@ -272,7 +272,7 @@ table7
 
 # %%
 net = features(full[0])[0]
-from tbpr.data.synthetic import load_ground_truth  # noqa: E402
+from tbpr.synthpedes import load_ground_truth  # noqa: E402
 
 gt = load_ground_truth(root) if dataset == "synthpedes" else None
 show = records["test"][:3]

@@ -39,7 +39,7 @@ from PIL import Image
 
 from tbpr import experiments
 from tbpr.evaluate import retrieval_metrics
-from tbpr.models import available_models, count_parameters, create_model
+from tbpr.papers import available_models, count_parameters, create_model
 from tbpr.viz import ablation_table, retrieval_grid, save_figure, save_table
 from tbpr.viz import comparison as cmp
 
@@ -113,7 +113,7 @@ labels = list(results)
 # %%
 gt = None
 if dataset == "synthpedes":
-    from tbpr.data.synthetic import load_ground_truth
+    from tbpr.synthpedes import load_ground_truth
     gt = load_ground_truth(root)
     queries, pairs = cmp.query_table(gt, test), cmp.family_pairs(gt, test)
     gallery_family = np.array([gt.images[r.file_path].family for r in test])

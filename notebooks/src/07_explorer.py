@@ -30,7 +30,7 @@ from pathlib import Path
 
 from tbpr import experiments
 from tbpr.explorer import Explorer
-from tbpr.models import available_models
+from tbpr.papers import available_models
 from tbpr.viz import save_figure
 
 figdir = Path(out_dir) / "explorer"

@@ -135,7 +135,7 @@ def load(name: str, root, *, check: str = "open", verbose: bool = True) -> dict[
         raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(FORMATS)}")
     if root is None:
         raise ValueError(f"root of {name} is None: pass the dataset folder (for SynthPedes, "
-                         f"tbpr.data.synthetic.ensure(profile) returns it)")
+                         f"tbpr.synthpedes.ensure(profile) returns it)")
     root = Path(root).expanduser()
     ann_file, image_key, split_names = FORMATS[name]
     path = root / ann_file

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import re
+import zlib
 from collections import Counter
 from functools import lru_cache
 
@@ -32,7 +33,7 @@ def minilm_path() -> str:
 @lru_cache(maxsize=4)
 def bert_tokenizer(name_or_path: str | None = None):
     """Uncased BERT WordPiece tokenizer: a hub name or local folder, default the offline MiniLM one."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # 2 s to import: only models with WordPiece text need it
     source = name_or_path or minilm_path()
     try:
         return AutoTokenizer.from_pretrained(source)
@@ -41,10 +42,31 @@ def bert_tokenizer(name_or_path: str | None = None):
                       f"vocab.txt, or None for the offline bert-base-uncased vocabulary") from err
 
 
+@lru_cache(maxsize=1)
+def wordpiece_words() -> tuple[str, ...]:
+    """The whole words of the bert-base-uncased WordPiece vocabulary (no ``##`` pieces, no special
+    or unused tokens), in vocabulary order: the default vocabulary of a word-level model built
+    without training captions."""
+    vocab = bert_tokenizer().get_vocab()
+    return tuple(w for w, _ in sorted(vocab.items(), key=lambda kv: kv[1]) if re.fullmatch(r"[a-z0-9]+", w))
+
+
 # --- words and vocabularies ----------------------------------------------------------------------
 def word_tokenize(caption: str) -> list[str]:
     """Lower-cased alphanumeric words, punctuation dropped (SSAN §4.3; like ``processed_tokens``)."""
     return re.findall(r"[a-z0-9]+", caption.lower().replace("'", ""))
+
+
+_CAPTION_WORD = re.compile(r"[a-z0-9]+(?:['-][a-z0-9]+)*")
+
+
+def caption_word_spans(caption: str) -> list[tuple[str, int, int]]:
+    """(word, char start, char end) of each word, lower-cased, punctuation dropped."""
+    return [(m.group(), m.start(), m.end()) for m in _CAPTION_WORD.finditer(caption.lower())]
+
+
+def is_caption_word(text: str) -> bool:
+    return _CAPTION_WORD.fullmatch(text) is not None
 
 
 class Vocabulary:
@@ -86,6 +108,23 @@ class Vocabulary:
     @classmethod
     def from_json(cls, d: dict) -> "Vocabulary":
         return cls(d["words"], d.get("unknown", "drop"))
+
+
+class HashVocabulary:
+    """Stand-in word ids (a stable hash into the embedding rows) for a model built without training
+    captions (SSAN, MIA: counting parameters, benchmarks, a first look); trained models use the
+    vocabulary of their training split, saved with their checkpoint."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def encode(self, caption: str, max_len: int) -> list[int]:
+        """Ids 2..size-1; an empty caption becomes [1] (unknown), as ``Vocabulary`` does (A3)."""
+        words = word_tokenize(caption)[:max_len]
+        return [2 + zlib.crc32(w.encode()) % (self.size - 2) for w in words] or [1]
 
 
 # --- POS tagging ---------------------------------------------------------------------------------
@@ -151,7 +190,7 @@ def lexicon_tag(words: list[str]) -> list[str]:
 
 @lru_cache(maxsize=1)
 def nltk_tagger_available() -> bool:
-    import nltk
+    import nltk  # here and below where used: 1.3 s to import, and the offline tagger needs none
     for resource in ("taggers/averaged_perceptron_tagger_eng", "taggers/averaged_perceptron_tagger"):
         try:
             nltk.data.find(resource)

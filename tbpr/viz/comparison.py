@@ -21,6 +21,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..bench import stopwatch
+from ..data.datasets import EvalSet, load_eval_images
+from ..evaluate import EvalMode, check_rerank, encode_split, select_rows
+
 # identity attributes (``GroundTruth.identities``) by kind
 SMALL_ITEM = ("shoes", "shoes_colour", "bag", "bag_colour", "hat", "hat_colour", "glasses", "held",
               "held_colour")
@@ -105,14 +109,7 @@ def timed_scores(model, records, data_cfg, *, rerank_k: int = 0, device="cpu", b
     ``rerank_k > 0``, re-rank each query's top-k with ``model.rerank`` (CADA-L), timing each step
     after an untimed warm-up on two images and two captions, with Python's garbage collector paused
     (as ``timeit`` does). Image decoding is not timed (the same data pipeline for every method)."""
-    from ..bench import stopwatch
-    from ..data.datasets import EvalSet, load_eval_images
-    from ..evaluate import _concat, _EvalMode, _select
-
-    if rerank_k > 0 and not callable(getattr(model, "rerank", None)):
-        raise ValueError(f"rerank_k={rerank_k} but {type(model).__name__} has no rerank(); use 0")
-    eval_set = EvalSet(records)
-    G, Q = len(eval_set.image_paths), len(eval_set.captions)
+    check_rerank(model, rerank_k)
     seconds = dict.fromkeys(("gallery", "queries", "score", "rerank"), 0.0)
     cpu_seconds = dict(seconds)
 
@@ -123,28 +120,26 @@ def timed_scores(model, records, data_cfg, *, rerank_k: int = 0, device="cpu", b
         cpu_seconds[key] += took["cpu"]
         return out
 
-    with _EvalMode(model):  # warm-up (lazy tokenizers, taggers, kernels), not timed
+    eval_set = EvalSet(records)
+    with EvalMode(model):  # warm-up (lazy tokenizers, taggers, kernels), not timed
         warm_images = model.encode_images(load_eval_images(eval_set.image_paths[:2], data_cfg).to(device))
         warm_texts = model.encode_texts(list(eval_set.captions[:2]))
         warm_scores = model.similarity(warm_texts, warm_images)
         if rerank_k > 0:
             model.rerank(warm_texts, warm_images, torch.sort(warm_scores, dim=1, descending=True).indices)
-        image_parts = []
-        for a in range(0, G, batch_size):
-            images = load_eval_images(eval_set.image_paths[a:a + batch_size], data_cfg).to(device)
-            image_parts.append(timed("gallery", lambda: model.encode_images(images)))
-        image_feats = _concat(image_parts)
-        text_feats = timed("queries", lambda: _concat([
-            model.encode_texts(list(eval_set.captions[a:a + batch_size])) for a in range(0, Q, batch_size)]))
+    text_feats, image_feats, eval_set = encode_split(model, records, data_cfg, device=device,
+                                                     batch_size=batch_size, progress=False, timer=timed)
+    G, Q = len(eval_set.image_paths), len(eval_set.captions)
+    with EvalMode(model):
         scores = timed("score", lambda: torch.cat([
-            model.similarity(_select(text_feats, slice(a, a + chunk_size)), image_feats).float()
+            model.similarity(select_rows(text_feats, slice(a, a + chunk_size)), image_feats).float()
             for a in range(0, Q, chunk_size)]))
         ranking = scores.to(torch.float64)
         if rerank_k > 0:
             k = min(rerank_k, G)
             topk = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
             rerank_scores = timed("rerank", lambda: torch.cat([torch.as_tensor(model.rerank(
-                _select(text_feats, slice(a, a + chunk_size)), image_feats, topk[a:a + chunk_size]))
+                select_rows(text_feats, slice(a, a + chunk_size)), image_feats, topk[a:a + chunk_size]))
                 for a in range(0, Q, chunk_size)]))
             ranking = rerank_ranking(scores.cpu(), topk.cpu(), rerank_scores.float().cpu())
     return Scored(scores=scores.cpu(), ranking=ranking.cpu(), eval_set=eval_set, seconds=seconds,

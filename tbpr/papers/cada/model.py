@@ -22,16 +22,17 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from ..config import DataConfig, ModelConfig, TrainConfig
-from ..losses import atp_loss, cmpm_loss, mam_loss, ndf_loss
-from . import register_model
-from .base import TBPRModel
+from ...config import DataConfig, ModelConfig, TrainConfig, apply_overrides
+from ...data.text import Vocabulary, bert_tokenizer, pos_tag, wordpiece_words
+from ...losses import atp_loss, cmpm_loss, mam_loss, ndf_loss
+from ..base import TBPRModel
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -140,8 +141,7 @@ def attribute_chunks(tags: list[str]) -> list[list[int]]:
 
 
 def _pos_tag(words: list[str]) -> list[str]:
-    from ..data.text import pos_tag  # NLTK when its data is installed, else tbpr's offline tagger
-    return pos_tag(words)
+    return pos_tag(words)  # NLTK when its data is installed, else tbpr's offline tagger
 
 
 @dataclass
@@ -161,15 +161,14 @@ class CaptionTokenizer:
     def __init__(self, mode: str, text_len: int, max_words: int, vocab: list[str] | None = None):
         self.mode, self.text_len, self.max_words = mode, text_len, max_words
         if mode == "bert":
-            from ..data.text import bert_tokenizer
             self.wordpiece = copy.deepcopy(bert_tokenizer())  # the cached one is shared with IVT/LGUR
             self.wordpiece.add_special_tokens({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]})
             self.itos = None
             ids = self.wordpiece.convert_tokens_to_ids(list(SPECIALS))
         elif mode == "words":
             if vocab is None:
-                raise ValueError("CADA with text.tokenizer='words' needs vocab=[words]; build it with "
-                                 "CADA.build_for_data(cfg, train_records) or pass text.tokenizer='bert'")
+                raise ValueError("CADA's 'words' tokenizer needs vocab=[words] (the model passes the "
+                                 "training captions' words, or every whole WordPiece word)")
             self.itos = list(SPECIALS) + [w for w in vocab if w not in SPECIALS]
             self.stoi = {w: i for i, w in enumerate(self.itos)}
             ids = [self.stoi[s] for s in SPECIALS]
@@ -347,9 +346,10 @@ class MLMHead(nn.Module):
 
 
 # ----------------------------------------------------------------------------- the model
-@register_model("cada", CADAConfig)
 class CADA(TBPRModel):
-    init_kwargs = ("vocab",)
+    name = "cada"
+    data_fields = ("vocab",)
+    reranks = True  # CADA-L: the top-k of the dual encoder re-scored by the ITM heads
 
     def __init__(self, cfg: CADAConfig, vocab=None):
         super().__init__(cfg)
@@ -358,21 +358,22 @@ class CADA(TBPRModel):
             raise ValueError(f"atp.group_size {cfg.atp.group_size} must be <= text.text_len - 1 = {t.text_len - 1}")
         if t.text_len > t.max_positions:
             raise ValueError(f"text.text_len {t.text_len} exceeds text.max_positions {t.max_positions}")
-        if hasattr(vocab, "to_json"):  # a tbpr.data.text.Vocabulary
+        if isinstance(vocab, Vocabulary):
             vocab = vocab.to_json()["words"]
+        if vocab is None and t.tokenizer == "words":  # no training captions: every whole WordPiece word
+            vocab = wordpiece_words()
         self.vocab = list(vocab) if vocab is not None else None
         if t.tokenizer == "words" and self.vocab is not None:
             n_ids = len(SPECIALS) + len(self.vocab)
             if t.vocab_size == 0:  # the CPU profiles size the embedding from the vocabulary
-                from ..config import apply_overrides
                 self.cfg = cfg = apply_overrides(cfg, {"text.vocab_size": n_ids})
                 t = cfg.text
             elif t.vocab_size != n_ids:
                 raise ValueError(f"text.vocab_size {t.vocab_size} != {len(SPECIALS)} specials + {len(self.vocab)} "
-                                 "words; build the model with CADA.build_for_data(cfg, train_records)")
+                                 "words; set text.vocab_size=0 to size it from the vocabulary")
         if t.vocab_size < len(SPECIALS):
-            raise ValueError(f"text.vocab_size is {t.vocab_size}: with text.tokenizer='words' pass vocab=[words] "
-                             "or build with CADA.build_for_data(cfg, train_records)")
+            raise ValueError(f"text.vocab_size is {t.vocab_size}; it must hold the {len(SPECIALS)} special "
+                             "tokens and the words (0 sizes it from the vocabulary)")
         self.visual_encoder = VisionTransformer(cfg.vision, cfg.data.image_size)
         # the text encoder is also the decoder [§2.5]; its CA sub-layers exist only if ATP or ARA uses them
         self.text_encoder = TextTransformer(t, cfg.vision.width, cross_attention=self.has_decoder)
@@ -401,13 +402,6 @@ class CADA(TBPRModel):
     @property
     def has_decoder(self) -> bool:
         return self.cfg.atp.enabled or self.cfg.ara.enabled
-
-    @classmethod
-    def build_for_data(cls, cfg: CADAConfig, train_records) -> "CADA":
-        """The ``words`` tokenizer needs the training vocabulary; ``bert`` needs nothing from the data."""
-        if cfg.text.tokenizer != "words":
-            return cls(cfg)
-        return cls(cfg, vocab=build_word_vocab(c for r in train_records for c in r.captions))
 
     def extra_state(self) -> dict:
         return {"vocab": self.vocab} if self.vocab is not None else {}
@@ -614,7 +608,6 @@ def blip_to_cada_names(blip_state: dict) -> dict:
 def load_blip(model: CADA, path: str) -> None:
     """Initialise from BLIP ViT-B ``model_base.pth`` (local path); position embeddings are resized
     bicubically to this model's patch grid."""
-    from pathlib import Path
     if not Path(path).is_file():
         raise FileNotFoundError(f"pretrained={path!r}: BLIP checkpoint not found; download BLIP "
                                 "model_base.pth and pass its local path, or set pretrained=None")
@@ -633,71 +626,3 @@ def load_blip(model: CADA, path: str) -> None:
     random_init = [k for k in missing if not k.startswith("itm_local_head")]
     if random_init:
         print(f"CADA: {len(random_init)} tensors not in {path} stay randomly initialised, e.g. {random_init[:3]}")
-
-
-# ----------------------------------------------------------------------------- figure checks (SynthPedes)
-def _test_pairs(records, data_cfg, limit: int | None):
-    """(image tensor, caption, file_path, caption index) for the captions of ``records``."""
-    from ..data.datasets import load_eval_images
-    pairs = [(r, i) for r in records for i in range(len(r.captions))][:limit]
-    images = load_eval_images([r.image_path for r, _ in pairs], data_cfg)
-    return [(images[n], r.captions[i], r.file_path, i) for n, (r, i) in enumerate(pairs)]
-
-
-def attention_pointing(model: CADA, records, gt, data_cfg, *, limit: int | None = None,
-                       batch_size: int = 64) -> dict:
-    """Fig. 5 check: for each ground-truth attribute span of a test caption, average the decoder's
-    word->patch maps over the span's tokens and test whether the arg-max patch centre falls in the
-    attribute's region (SynthPedes label map). ``chance`` = a uniformly random patch's hit rate."""
-    from ..data.synthetic import region_mask
-    gh, gw = model.visual_encoder.grid
-    hits, chance, per_region = [], [], {}
-    pairs = _test_pairs(records, data_cfg, limit)
-    for a in range(0, len(pairs), batch_size):
-        chunk = pairs[a:a + batch_size]
-        maps = model.word_patch_attention(torch.stack([p[0] for p in chunk]).to(model.device),
-                                          [p[1] for p in chunk])
-        for (_, caption, fp, idx), amap in zip(chunk, maps):
-            enc = model.tokenizer.encode(caption)
-            gt_image = gt.images[fp]
-            for start, end, _, region in gt.captions[(fp, idx)].attributes:
-                pos = [p for (w, s, e), ps in zip(enc.words, enc.word_pos) if s < end and e > start for p in ps]
-                if not pos or region not in gt_image.regions:
-                    continue
-                full = region_mask(gt_image, region)  # 384x128, pixel-exact
-                rows = ((torch.arange(gh) + 0.5) * full.shape[0] / gh).long()
-                cols = ((torch.arange(gw) + 0.5) * full.shape[1] / gw).long()
-                inside = torch.from_numpy(full)[rows[:, None], cols[None, :]]  # patch centres in the region
-                if not inside.any():  # smaller than a patch: no patch can point at it
-                    continue
-                best = amap[pos].mean(0).flatten().argmax()
-                hit = bool(inside.flatten()[best])
-                hits.append(hit)
-                chance.append(inside.float().mean().item())
-                per_region.setdefault(region, []).append(hit)
-    n = max(len(hits), 1)
-    return {"pointing_acc": 100 * sum(hits) / n, "chance": 100 * sum(chance) / n, "n_spans": len(hits),
-            "per_region": {k: 100 * sum(v) / len(v) for k, v in sorted(per_region.items())}}
-
-
-def masked_attribute_accuracy(model: CADA, records, data_cfg, *, limit: int | None = None,
-                              batch_size: int = 64, shuffle_images: bool = False, topk: int = 3) -> dict:
-    """Fig. 6 check: mask one attribute phrase at a time and count how often the true token is the
-    top-1 / in the top-``topk`` prediction. ``shuffle_images`` pairs each caption with another test
-    image: the gap to the matched accuracy is what the image contributes."""
-    pairs = _test_pairs(records, data_cfg, limit)
-    jobs = [(n, chunk) for n, (_, caption, _, _) in enumerate(pairs)
-            for chunk in model.tokenizer.encode(caption).chunks]
-    perm = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(0)) if shuffle_images else None
-    top1 = topn = total = 0
-    for a in range(0, len(jobs), batch_size):
-        chunk = jobs[a:a + batch_size]
-        image_idx = [int(perm[n]) if perm is not None else n for n, _ in chunk]
-        images = torch.stack([pairs[i][0] for i in image_idx]).to(model.device)
-        preds = model.predict_masked(images, [pairs[n][1] for n, _ in chunk], [pos for _, pos in chunk], topk)
-        for per_caption in preds:
-            for _, true_id, top_ids, _ in per_caption:
-                top1 += top_ids[0] == true_id
-                topn += true_id in top_ids
-                total += 1
-    return {"top1": 100 * top1 / max(total, 1), f"top{topk}": 100 * topn / max(total, 1), "n_tokens": total}

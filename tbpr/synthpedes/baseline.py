@@ -5,7 +5,7 @@ six horizontal stripes; a regularised CCA learned on the training pairs maps bot
 test captions rank test images by cosine similarity there. A trained model must beat it widely.
 Ceiling, ``text_oracle_rank1``: what perfect perception reaches given what captions leave out.
 
-    python -m tbpr.data.baseline ROOT [--dataset synthpedes]
+    python -m tbpr.synthpedes.baseline ROOT [--dataset synthpedes]
 """
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ import argparse
 
 import numpy as np
 
-from . import formats
-from .text import Vocabulary, word_tokenize
-from .transforms import decode_image
+from ..data import formats
+from ..data.text import Vocabulary, word_tokenize
+from ..data.transforms import decode_image
+from ..evaluate import retrieval_metrics
+from .render import load_ground_truth
 
 STRIPES, BINS = 6, 4  # 6 body bands, 4×4×4 RGB bins each
 
@@ -66,7 +68,6 @@ def _project(feats, proj):
 
 def baseline_rank1(root, dataset: str = "synthpedes", split: str = "test", dim: int = 64) -> dict:
     """R@1/5/10 and mAP (percent) of the BoW-vs-colour-histogram CCA matcher on ``split``."""
-    from ..evaluate import retrieval_metrics
     splits = formats.load(dataset, root, verbose=False)
     train, test = splits["train"], splits[split]
     vocab = Vocabulary.build([c for r in train for c in r.captions], min_count=1, unknown="token")
@@ -103,7 +104,6 @@ def text_oracle_rank1(root, split: str = "test") -> float:
     """Expected R@1 (percent) of a reader that knows every image's true attributes and ranks
     at random among the images consistent with what the caption says: the ceiling set by what
     captions leave out (family members that differ only in unmentioned details stay tied)."""
-    from .synthetic import load_ground_truth
     gt = load_ground_truth(root)
     records = formats.load("synthpedes", root, verbose=False)[split]
     gallery = [gt.identities[r.orig_id] for r in records]

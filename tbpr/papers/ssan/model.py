@@ -19,9 +19,7 @@ the default follows the code and a config field selects the paper's form (spec Â
 """
 from __future__ import annotations
 
-import os
 import re
-import zlib
 from dataclasses import dataclass, field
 
 import torch
@@ -29,11 +27,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from ..config import DataConfig, ModelConfig, TrainConfig
-from ..losses import compound_ranking_loss, id_loss
-from . import register_model
-from .backbones import StridedCNN, resnet50_trunk
-from .base import TBPRModel
+from ...config import DataConfig, ModelConfig, TrainConfig
+from ...losses import compound_ranking_loss, cosine_matrix, id_loss
+from ...backbones import StridedCNN, resnet50_trunk
+from ...data.text import HashVocabulary, Vocabulary
+from ..base import TBPRModel
 
 FEATURE_TYPES = ("g", "l", "n")  # global, PFL parts, MV-NLN parts
 HASH_ROWS = 1000  # embedding rows of a model built without training captions (vocab_size=0)
@@ -141,36 +139,20 @@ class PartConv1x1(nn.Module):
         return self.W_n(x)
 
 
-class HashVocabulary:
-    """Stand-in word ids (a stable hash into the embedding rows) for a model built without training
-    captions, e.g. for benchmarks; trained models use the vocabulary of their training split."""
-
-    def __init__(self, size: int):
-        self.size = size
-
-    def __len__(self) -> int:
-        return self.size
-
-    def encode(self, caption: str, max_len: int) -> list[int]:
-        """Ids 2..size-1; an empty caption becomes [1] (unknown), as ``Vocabulary`` does (A3)."""
-        from ..data.text import word_tokenize
-        words = word_tokenize(caption)[:max_len]
-        return [2 + zlib.crc32(w.encode()) % (self.size - 2) for w in words] or [1]
-
-
-@register_model("ssan", SSANConfig)
 class SSAN(TBPRModel):
-    init_kwargs = ("train_records",)
+    name = "ssan"
+    data_fields = ("vocab",)
 
-    def __init__(self, cfg: SSANConfig, train_records=None):
-        """``train_records`` (``tbpr.data.formats.Record`` list) give the word vocabulary (0 = padding,
-        1 = unknown, OOV words deleted, A3), the D' pool
-        and the epoch length; without them (benchmarks, counting) words are hashed to ids."""
+    def __init__(self, cfg: SSANConfig, vocab: Vocabulary | dict | None = None):
+        """``vocab``: the training captions' words (0 = padding, 1 = unknown, OOV words deleted);
+        without it (benchmarks, counting) words are hashed to ids. The recipe attaches the D' pool
+        of an identity's other captions and the epoch length before training."""
         super().__init__(cfg)
         self._check(cfg)
         K, C, M = cfg.num_parts, cfg.hidden_dim, cfg.feat_dim
-        vocab, self.cross_captions, self.steps_per_epoch = self._from_records(cfg, train_records)
-        self.vocab = vocab
+        self.cross_captions: list[list[str]] = []
+        self.steps_per_epoch = 0
+        self.vocab = vocab = Vocabulary.from_json(vocab) if isinstance(vocab, dict) else vocab
         rows = cfg.vocab_size or (len(vocab) if vocab is not None else HASH_ROWS)
         if vocab is not None and len(vocab) > rows:
             raise ValueError(f"ssan: vocabulary of {len(vocab)} words does not fit vocab_size={rows} "
@@ -232,34 +214,13 @@ class SSAN(TBPRModel):
     def feature_types(self) -> tuple[str, ...]:
         return FEATURE_TYPES[:1 + self.cfg.use_pfl + (self.mvnln is not None)]
 
-    @classmethod
-    def build_for_data(cls, cfg: SSANConfig, train_records) -> "SSAN":
-        return cls(cfg, train_records=train_records)
-
-    @staticmethod
-    def _from_records(cfg: SSANConfig, records):
-        """The vocabulary of the training captions (A1), per training image the captions of the other
-        images of its identity (the D' pool, A19), and the optimizer steps per epoch (shuffled
-        caption pairs, drop_last, A24), which times the CR warm-up."""
-        if not records:
-            return None, [], 0
-        from ..data.text import Vocabulary
-        captions = [c for r in records for c in r.captions]
-        vocab = Vocabulary.build(captions, min_count=cfg.min_word_count)
-        by_pid: dict[int, list[tuple[int, str]]] = {}
-        for i, r in enumerate(records):
-            by_pid.setdefault(r.pid, []).extend((i, c) for c in r.captions)
-        cross = [[c for j, c in by_pid[r.pid] if j != i] for i, r in enumerate(records)]
-        world = int(os.environ.get("WORLD_SIZE", 1))
-        return vocab, cross, max(1, len(captions) // (cfg.data.batch_size * world))
-
     @property
     def epoch(self) -> int:
         """Epochs completed, counted from the optimizer steps taken (0 without training records)."""
         return int(self.steps_done) // self.steps_per_epoch if self.steps_per_epoch else 0
 
     def extra_state(self) -> dict:
-        return {"vocab": self.vocab.to_json()} if hasattr(self.vocab, "to_json") else {}
+        return {"vocab": self.vocab.to_json()} if isinstance(self.vocab, Vocabulary) else {}
 
     # ---- text -------------------------------------------------------------------------------
     def _vocab(self):
@@ -352,7 +313,6 @@ class SSAN(TBPRModel):
     # ---- retrieval --------------------------------------------------------------------------
     def similarity(self, text_feats: dict, image_feats: dict) -> torch.Tensor:
         """S = S_g + S_l + S_n (Eq. 7, 12, 17): cosines of part-concatenated features."""
-        from ..losses import cosine_matrix
         return sum(cosine_matrix(text_feats[f], image_feats[f]) for f in self.feature_types)
 
     # ---- training ---------------------------------------------------------------------------

@@ -15,14 +15,13 @@ training-only tricks add fine-grained alignment without annotations:
   the encoder, so the global features must match on the remaining, often less salient, cues.
 
 The optional "Pre" stage (§3.2, ALBEF-style ITC + ITM + MLM with a fusion encoder) is
-:class:`IVTPretrainer`; a model with ``pretrain=True`` starts from its (cached) encoder weights.
+:class:`IVTPretrainer`; with ``pretrain=True`` the recipe (``recipe.py``) pre-trains it once (cached)
+and the model starts from its encoder weights.
 """
 from __future__ import annotations
 
 import math
-import os
 import re
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -31,10 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import DataConfig, ModelConfig, TrainConfig, config_hash, to_dict
-from ..losses import cmpm_loss, itc_loss, itm_loss, mam_loss
-from . import register_model
-from .base import TBPRModel, pretrained_init_wanted
+from safetensors.torch import load_file
+
+from ...config import DataConfig, ModelConfig, TrainConfig, apply_overrides
+from ...data.text import bert_tokenizer, chunk
+from ...losses import cmpm_loss, itc_loss, itm_loss, mam_loss
+from ..base import TBPRModel
 
 
 # ----------------------------------------------------------------------------------------------
@@ -255,7 +256,6 @@ def phrase_candidates(caption: str) -> tuple[str, ...]:
 def attribute_phrases(caption: str) -> tuple[str, ...]:
     """Word-level texts: NLTK-chunked adjective/noun phrases ("black pants", "red backpack") whose
     head noun is not a generic person word, de-duplicated in caption order."""
-    from ..data.text import chunk
     chunks = (text.lower() for _, _, text in chunk(caption, ATTRIBUTE_GRAMMAR))
     return tuple(dict.fromkeys(c for c in chunks if c.split()[-1] not in PERSON_WORDS))
 
@@ -288,16 +288,16 @@ def word_level_text(caption: str, mode: str = "nltk") -> str:
 # ----------------------------------------------------------------------------------------------
 @lru_cache(maxsize=4)
 def _tokenizer(name_or_path: str | None):
-    from ..data.text import bert_tokenizer
     return bert_tokenizer(name_or_path)
 
 
 TEXT_BUCKET = 32  # texts per length bucket in encode_texts: fewer padded tokens vs smaller matmuls
 
 
-@register_model("ivt", IVTConfig)
 class IVT(TBPRModel):
     """Implicit Visual-Textual framework: one encoder, two embedders, two MLP experts per block."""
+
+    name = "ivt"
 
     def __init__(self, cfg: IVTConfig):
         super().__init__(cfg)
@@ -310,12 +310,10 @@ class IVT(TBPRModel):
         nn.init.trunc_normal_(self.visual_embed.cls_token, std=0.02)
         nn.init.trunc_normal_(self.visual_embed.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.visual_embed.type_embed, std=0.02)
-        if self.visual_embed.cls_token.is_meta or not pretrained_init_wanted():
-            return  # counting parameters, or a checkpoint replaces every weight
+        if self.visual_embed.cls_token.is_meta:
+            return  # counting parameters
         if cfg.pretrained_vit or cfg.pretrained_bert:
             load_vit_bert(self, cfg.pretrained_vit, cfg.pretrained_bert)
-        if cfg.pretrain:
-            load_pretrained_encoder(self, ensure_pretrained(cfg))
 
     # -- tokens ---------------------------------------------------------------------------------
     def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -449,15 +447,14 @@ def _state_dict(source: str, kind: str) -> dict[str, torch.Tensor]:
     path = Path(source)
     if path.is_file():
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
         return state.get("model", state.get("state_dict", state))
     try:
         if kind == "vit":
-            import timm
+            import timm  # imported where used: 3 s to import, and only hub weights need it here
             return timm.create_model(source, pretrained=True).state_dict()
-        from transformers import BertModel
+        from transformers import BertModel  # 2.3 s to import; only hub weights need it here
         return BertModel.from_pretrained(source).state_dict()
     except Exception as err:
         raise RuntimeError(
@@ -524,6 +521,15 @@ class FusionLayer(nn.Module):
         t = self.norm1(t + self.self_attn(t, t, t, key_padding_mask=t_pad, need_weights=False)[0])
         t = self.norm2(t + self.cross_attn(t, v, v, need_weights=False)[0])
         return self.norm3(t + self.ffn(t))
+
+
+def pretrain_stage_config(cfg: IVTConfig) -> IVTConfig:
+    """The encoder as pre-trained: same architecture and initialisation, no BMM, no recursion."""
+    return apply_overrides(cfg, {"pretrain": False, "bmm": False, "mla": False,
+                                 "train": {"epochs": cfg.pretrain_epochs, "lr": cfg.pretrain_lr},
+                                 "data": {"n_views": 1, "batch_size": cfg.pretrain_batch_size,
+                                          "sampler": "random"}})
+
 
 
 class IVTPretrainer(TBPRModel):
@@ -618,86 +624,3 @@ def mask_words(ids: torch.Tensor, mask: torch.Tensor, ratio: float, tokenizer,
             elif u < 0.9:
                 masked[row, j] = int(torch.randint(1000, len(tokenizer), ()))  # skip [unused*]
     return masked, labels
-
-
-def pretrain_stage_config(cfg: IVTConfig) -> IVTConfig:
-    """The encoder as pre-trained: same architecture and initialisation, no BMM, no recursion."""
-    from ..config import apply_overrides
-    return apply_overrides(cfg, {"pretrain": False, "bmm": False, "mla": False,
-                                 "train": {"epochs": cfg.pretrain_epochs, "lr": cfg.pretrain_lr},
-                                 "data": {"n_views": 1, "batch_size": cfg.pretrain_batch_size,
-                                          "sampler": "random"}})
-
-
-def _pretrain_key(cfg: IVTConfig) -> str:
-    """Only what changes the pre-trained weights: architecture, initialisation, corpus, recipe, and
-    the code that pre-trains (weights computed by older code are not reused)."""
-    from ..experiments import code_version
-    stage = to_dict(pretrain_stage_config(cfg))
-    for switch in ("mask_ratio", "bmm_count", "word_level", "cmpm_q_norm", "pretrain_checkpoint"):
-        stage.pop(switch)
-    return config_hash({**stage, "code": code_version("ivt")})
-
-
-def _corpus_records(spec: str) -> list:
-    from ..data.formats import load
-    if spec.startswith("synthpedes:"):
-        from ..data.synthetic import ensure
-        _, profile, seed = spec.split(":")
-        return load("synthpedes", ensure(profile, seed=int(seed)))["train"]
-    if not Path(spec).exists():
-        raise FileNotFoundError(f"IVT pretrain_corpus={spec!r} does not exist; give a CUHK-PEDES-format "
-                                "root or 'synthpedes:<profile>:<seed>'")
-    return load("cuhk-pedes", spec)["train"]
-
-
-@contextmanager
-def _preserved_rng():
-    import random
-    import numpy as np
-    states = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        yield
-    random.setstate(states[0])
-    np.random.set_state(states[1])
-
-
-def ensure_pretrained(cfg: IVTConfig) -> Path:
-    """Path of the pre-trained encoder weights: ``pretrain_checkpoint`` if given, else the cached
-    result of pre-training on ``pretrain_corpus`` (trained here on first use)."""
-    if cfg.pretrain_checkpoint:
-        path = Path(cfg.pretrain_checkpoint)
-        if not path.exists():
-            raise FileNotFoundError(f"IVT pretrain_checkpoint={str(path)!r} does not exist")
-        return path
-    if not cfg.pretrain_corpus:
-        raise ValueError("IVT with pretrain=True needs pretrain_checkpoint=<safetensors of a pre-trained "
-                         "IVT encoder> or pretrain_corpus=<CUHK-format root | 'synthpedes:<profile>:<seed>'>"
-                         " to pre-train here; or set pretrain=False")
-    cache = Path(os.environ.get("TBPR_CACHE", Path.home() / ".cache" / "tbpr"))
-    path = cache / "ivt_pretrain" / _pretrain_key(cfg) / "encoder.safetensors"
-    if not path.exists():
-        from safetensors.torch import save_file
-        from ..data.datasets import build_train_loader
-        from ..engine import fit
-        stage = pretrain_stage_config(cfg)
-        with _preserved_rng():  # a cache miss must not change the fine-tuning run's random stream
-            pretrainer = IVTPretrainer(stage)
-            loader = build_train_loader(_corpus_records(cfg.pretrain_corpus), stage.data, seed=0)
-            fit(pretrainer, loader, stage.train, seed=0, progress=False)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        save_file({k: v.contiguous() for k, v in pretrainer.encoder.state_dict().items()}, str(tmp))
-        tmp.replace(path)
-    return path
-
-
-def load_pretrained_encoder(model: IVT, path: Path) -> None:
-    """Copy every pre-trained parameter whose name and shape match (§4.2)."""
-    from safetensors.torch import load_file
-    own = model.state_dict()
-    loaded = {k: v for k, v in load_file(str(path)).items() if k in own and own[k].shape == v.shape}
-    if not loaded:
-        raise ValueError(f"IVT: no parameter of {path} matches this config; was it pre-trained with "
-                         "the same embed_dim/depth?")
-    model.load_state_dict(loaded, strict=False)

@@ -14,41 +14,29 @@ A model implements:
 - ``encode_images(images) -> features`` and ``encode_texts(captions: list[str]) -> features``:
   a tensor or a dict of tensors with the batch on dim 0 (the evaluator concatenates them).
 - ``similarity(text_feats, image_feats) -> [n_text, n_image]`` similarity (higher = closer).
-- optionally ``rerank(text_feats, image_feats, topk_index) -> [n_text, k]`` extra scores for the
-  top-k gallery images of each query (cross-encoders: CADA, MIA).
+- ``rerank(text_feats, image_feats, topk_index) -> [n_text, k]`` extra scores for the top-k gallery
+  images of each query, where ``reranks`` is True (cross-encoders: CADA, MIA).
 - ``param_groups()``: parameter groups with ``lr_mult`` (the engine multiplies the base lr).
+
+A model builds from its config alone. What it learns from the training data before training (a word
+vocabulary) is a constructor argument named in ``data_fields``, returned by ``extra_state()``, saved
+in the checkpoint and read back from it; ``Recipe`` holds everything else about how a paper trains.
 """
 from __future__ import annotations
-
-import contextlib
-import contextvars
 
 import torch
 from torch import nn
 
-_CHECKPOINT_FOLLOWS = contextvars.ContextVar("tbpr_checkpoint_follows", default=False)
-
-
-@contextlib.contextmanager
-def checkpoint_follows():
-    """Models built inside may skip initialisation work that a checkpoint is about to replace; a
-    model opts in by checking ``pretrained_init_wanted()``. Only IVT does so far (it skips its
-    pre-training stage); the others still load their hub weights, which costs time, not results."""
-    token = _CHECKPOINT_FOLLOWS.set(True)
-    try:
-        yield
-    finally:
-        _CHECKPOINT_FOLLOWS.reset(token)
-
-
-def pretrained_init_wanted() -> bool:
-    return not _CHECKPOINT_FOLLOWS.get()
+from ..config import TrainConfig
+from ..data.formats import Record
 
 
 class TBPRModel(nn.Module):
     """Base class: stores the config and provides default parameter groups."""
 
     name: str = "base"
+    data_fields: tuple[str, ...] = ()  # constructor arguments derived from the training data
+    reranks: bool = False  # True where ``rerank`` re-scores a first-stage top-k
 
     def __init__(self, cfg):
         super().__init__()
@@ -70,6 +58,9 @@ class TBPRModel(nn.Module):
     def similarity(self, text_feats, image_feats) -> torch.Tensor:
         raise NotImplementedError
 
+    def rerank(self, text_feats, image_feats, topk_index) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} does not re-rank; evaluate with rerank_k=0")
+
     def param_groups(self) -> list[dict]:
         """Groups by ``cfg.train.lr_mult`` (parameter-name prefix -> multiplier); the rest at 1×."""
         mults = dict(getattr(self.cfg.train, "lr_mult", {}) or {})
@@ -82,7 +73,8 @@ class TBPRModel(nn.Module):
         return [{"params": ps, "lr_mult": m} for m, ps in groups.items()]
 
     def extra_state(self) -> dict:
-        """JSON-serialisable state saved beside the weights (e.g. a word vocabulary)."""
+        """The ``data_fields`` as JSON, saved beside the weights and passed back to the constructor
+        when a checkpoint is loaded (so a model never re-derives them from other data)."""
         return {}
 
     @property
@@ -101,3 +93,39 @@ def parameter_table(model: nn.Module, depth: int = 1) -> dict[str, int]:
         key = ".".join(name.split(".")[:depth])
         table[key] = table.get(key, 0) + p.numel()
     return table
+
+
+SENTENCE = "[sentence]"  # the token of an explanation that stands for the whole caption
+
+
+class Recipe:
+    """How a paper trains beyond the shared loop. The defaults are one stage with the config's
+    ``train`` section, nothing derived from the data and no warm start; a paper overrides what its
+    code does differently (MIA's step training, IVT's pre-training stage, SSAN's caption pool)."""
+
+    def data_state(self, cfg, train_records: list[Record]) -> dict:
+        """Constructor arguments derived from the training records (``MODEL.data_fields``)."""
+        return {}
+
+    def warm_start(self, model: TBPRModel, train_records: list[Record]) -> None:
+        """Initialise ``model`` before training where its paper starts from pre-trained weights made
+        by a stage of its own (IVT's ITC + ITM + MLM pre-training). Not called when a checkpoint
+        replaces every weight."""
+
+    def attach_training_data(self, model: TBPRModel, train_records: list[Record]) -> None:
+        """Give ``model`` what its loss reads from the training set beyond the batch (SSAN's pool of
+        an identity's other captions); not saved, rebuilt from the records for every training run."""
+
+    def stages(self, model: TBPRModel) -> list[tuple[str, TrainConfig]]:
+        """The training stages as (name, TrainConfig); ``enter_stage`` is called before each."""
+        return [("train", model.cfg.train)]
+
+    def enter_stage(self, model: TBPRModel, stage: str) -> None:
+        """Switch ``model`` to ``stage`` (what it freezes, which losses it uses)."""
+
+    def explain(self, model: TBPRModel, caption: str, image: torch.Tensor) -> dict | None:
+        """The paper's own map of each word (or phrase) of ``caption`` over ``image``, read from the
+        model's internals: ``{"tokens": [str], "maps": [n_tokens, h, w], "kind": str}``, optionally
+        ``"bars"`` ([n_tokens, n_parts]) and ``"mask"`` ([h, w]). None where this configuration has
+        no such module (the explorer then falls back to a model-agnostic saliency)."""
+        return None

@@ -23,20 +23,20 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
+from transformers import BertConfig, BertModel
 
-from ..config import DataConfig, ModelConfig, TrainConfig
-from ..losses import part_id_loss, semi_hard_ranking_loss
-from . import register_model
-from .backbones import ResNetPatchTokens, ViTPatchTokens
-from .base import TBPRModel
+from ...config import DataConfig, ModelConfig, TrainConfig
+from ...cache import FeatureCache
+from ...data.text import bert_tokenizer, minilm_path
+from ...losses import part_id_loss, semi_hard_ranking_loss
+from ...backbones import ResNetPatchTokens, ViTPatchTokens
+from ..base import TBPRModel
 
 RECON_TYPES = ("none", "self_attn", "unshared_dict", "shared_dict")
 # the official code trains 𝒟, 𝒫, ℳ, Trans and Trans_P with the backbone's 10× lower rate (spec §4)
@@ -151,61 +151,20 @@ class Trans(nn.Module):
 
 
 # ----------------------------------------------------------------------------- frozen text features
-_SHARED_TEXT_CACHES: dict[str, dict[str, torch.Tensor]] = {}
-
-
-def _cache_root() -> Path:
-    return Path(os.environ.get("TBPR_CACHE", Path.home() / ".cache" / "tbpr")) / "lgur_text"
-
-
-class FrozenTextCache:
-    """Frozen-encoder outputs per caption, ``[ℓ, W]`` in fp16. For a pretrained (hence reproducible)
-    encoder the cache is shared by every model in the process and persisted on disk as shards."""
-
-    def __init__(self, key: str | None):
-        self.dir = _cache_root() / key if key else None
-        self.store = _SHARED_TEXT_CACHES.setdefault(key, {}) if key else {}
-        self._loaded = False
-
-    def _load_disk(self):
-        self._loaded = True
-        if self.dir is None or not self.dir.exists():
-            return
-        for shard in sorted(self.dir.glob("*.pt")):
-            self.store.update(torch.load(shard, map_location="cpu", weights_only=True))
-
-    def missing(self, captions: list[str]) -> list[str]:
-        if not self._loaded:
-            self._load_disk()
-        return list(dict.fromkeys(c for c in captions if c not in self.store))
-
-    def add(self, feats: dict[str, torch.Tensor]) -> None:
-        self.store.update(feats)
-        if self.dir is not None:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            name = hashlib.sha1("\n".join(sorted(feats)).encode()).hexdigest()[:20]
-            tmp = self.dir / f".{name}.{os.getpid()}.tmp"
-            torch.save(feats, tmp)
-            tmp.replace(self.dir / f"{name}.pt")
-
-
 def _text_source(name: str) -> str:
-    if name == "minilm":
-        from ..data.text import minilm_path
-        return str(minilm_path())
-    return name
+    return str(minilm_path()) if name == "minilm" else name
 
 
 @functools.lru_cache(maxsize=2)
 def _pretrained_bert(name: str):
     """Loaded once per process (ablation sweeps build many models around the same frozen BERT)."""
-    from transformers import BertModel
     return BertModel.from_pretrained(_text_source(name), add_pooling_layer=False)
 
 
 # ----------------------------------------------------------------------------- the model
-@register_model("lgur", LGURConfig)
 class LGUR(TBPRModel):
+    name = "lgur"
+
     def __init__(self, cfg: LGURConfig):
         super().__init__(cfg)
         D, K = cfg.dim, cfg.num_prototypes
@@ -234,7 +193,7 @@ class LGUR(TBPRModel):
                                          for _ in range(self.num_parts))
         self._init_weights()
         self._tokenizer = None
-        self._text_cache = FrozenTextCache(self._text_cache_key() if cfg.cache_text_features else None)
+        self._text_cache = FeatureCache("lgur_text", self._text_cache_key() if cfg.cache_text_features else None)
         if cfg.text_pretrained is not None:
             # the frozen encoder is reloaded from its source, so checkpoints leave it out
             self._register_state_dict_hook(_drop_frozen_text_encoder)
@@ -255,8 +214,6 @@ class LGUR(TBPRModel):
 
     @staticmethod
     def _build_text_encoder(cfg: LGURConfig, load: bool) -> nn.Module:
-        from transformers import BertConfig, BertModel
-
         if load and cfg.text_pretrained is not None:
             encoder = copy.deepcopy(_pretrained_bert(cfg.text_pretrained))
             if encoder.config.hidden_size != cfg.text_width:
@@ -293,7 +250,6 @@ class LGUR(TBPRModel):
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            from ..data.text import bert_tokenizer
             source = self.cfg.text_pretrained
             self._tokenizer = bert_tokenizer(None if source in (None, "minilm") else _text_source(source))
         return self._tokenizer

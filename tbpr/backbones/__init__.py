@@ -4,18 +4,16 @@ implicitly: ``pretrained=None`` means random initialisation (the offline CPU def
 """
 from __future__ import annotations
 
+from pathlib import Path as _Path
 
-# --- mia ---
-from pathlib import Path as _Path  # noqa: E402
-
-import torch as _torch  # noqa: E402
-from torch import nn as _nn  # noqa: E402
+import torch as _torch
+from torch import nn as _nn
 
 
 def _timm_model(arch: str, pretrained: str | None, **kwargs) -> _nn.Module:
     """``arch`` from timm; ``pretrained`` = a timm name (e.g. ``vgg16.tv_in1k``, downloads) or a local
     state-dict file (.safetensors / .pth) whose keys follow timm's ``arch``; None = random init."""
-    import timm
+    import timm  # imported where used: 3 s to import, and the small CPU trunks never need it
 
     if pretrained is None or _Path(pretrained).exists():
         model = timm.create_model(arch, pretrained=False, **kwargs)

@@ -1,6 +1,6 @@
 """SynthPedes: a procedurally rendered text-based person retrieval benchmark.
 
-Hard in the ways CUHK-PEDES is hard (``shared/specs/synthpedes.md``): identities come in *families*
+Hard in the ways CUHK-PEDES is hard (the README's SynthPedes section): identities come in *families*
 that differ in one or two (often small) attributes; a colour word covers a range of shades and
 captions leave details out; captions are free-form (random attribute subsets and order, synonyms,
 templates, distractor clauses, rare typos); garments sit in stable body bands while bags and held
@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from ..config import cache_dir
+from ..cache import cache_dir
+from ..data.text import word_tokenize
 
 VERSION = 4  # bump when the output changes: it is part of the cache key
 SIZE = (384, 128)  # H, W
@@ -901,7 +902,6 @@ def render(profile: str, seed: int, out: Path, workers: int | None = None) -> Pa
     Each identity is rendered from its own seeded stream, so the output is byte-identical for any
     number of ``workers`` (default: one per core up to 8 for large renders, else in-process).
     """
-    from .text import word_tokenize
     if profile not in PROFILES:
         raise ValueError(f"unknown SynthPedes profile {profile!r}; choose one of {list(PROFILES)}")
     people = build_identities(profile, seed)
@@ -1023,7 +1023,7 @@ def load_ground_truth(root) -> GroundTruth:
     path = root / GT_FILE
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: ground truth exists only for SynthPedes "
-                                f"(render it with tbpr.data.synthetic.ensure or `tbpr synth`)")
+                                f"(render it with tbpr.synthpedes.ensure or `tbpr synth`)")
     gt = json.loads(path.read_text())
     records = json.loads((root / "reid_raw.json").read_text())
     texts = {r["file_path"]: r["captions"] for r in records}

@@ -20,7 +20,6 @@ Spec: ``shared/specs/mia.md``; the "Decision" notes there resolve what the paper
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 from dataclasses import dataclass, field
 
@@ -29,11 +28,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_sequence
 
-from ..config import DataConfig, ModelConfig, TrainConfig
-from ..losses import id_loss, sum_of_hinges
-from . import register_model
-from .backbones import cnn_trunk
-from .base import TBPRModel
+from ...config import DataConfig, ModelConfig, TrainConfig
+from ...losses import id_loss, sum_of_hinges
+from ...backbones import cnn_trunk
+from ...data.text import HashVocabulary, Vocabulary, noun_phrases, word_tokenize
+from ..base import TBPRModel
 
 DETERMINERS = {"a", "an", "the", "his", "her", "their", "its", "this", "that", "these", "those", "my"}
 GRANULARITIES = ("G", "I", "T", "P", "N")
@@ -177,17 +176,20 @@ def fuse(scores: dict[str, torch.Tensor], score: str = "F", lambda1: float = 1.0
 
 
 # ----------------------------------------------------------------------------- the model
-@register_model("mia", MIAConfig)
 class MIA(TBPRModel):
     """GC + RGA + BFM over a CNN with n horizontal parts and a word-embedding Bi-GRU shared by
     sentences and noun phrases (Fig. 4)."""
 
-    init_kwargs = ("vocab",)
+    name = "mia"
+
+    data_fields = ("vocab",)
 
     def __init__(self, cfg: MIAConfig, vocab=None):
         super().__init__(cfg)
-        self.vocab = _as_vocabulary(vocab)
-        vocab_size = len(self.vocab) if self.vocab is not None else cfg.vocab_size
+        # the training split's words (saved with the checkpoint); without them, words hash into
+        # cfg.vocab_size rows, enough to count parameters or run a benchmark
+        self.vocab = _as_vocabulary(vocab) or HashVocabulary(cfg.vocab_size)
+        vocab_size = len(self.vocab)
         local = cfg.rga or cfg.bfm != "off"
         d = cfg.embed_dim
         # visual path (Sec. III-A1)
@@ -210,27 +212,17 @@ class MIA(TBPRModel):
         # BFM (Sec. III-B3), built last so that MIA and GC + RGA start from the same weights
         self.mlp_v_bfm = mlp(cfg.part_dim, cfg.mlp_hidden, d) if cfg.bfm != "off" else None
         self.mlp_t_bfm = mlp(d, cfg.mlp_hidden, d) if cfg.bfm != "off" else None
-        self.step = 2  # which loss/freeze regime training_step follows; set by enter_stage
+        self.step = 2  # which loss/freeze regime training_step follows; set by set_step
         self._frozen: set[str] = set()
         self._text_cache: dict[str, tuple[list[int], list[list[int]], list[tuple[int, int, str]]]] = {}
 
-    @classmethod
-    def build_for_data(cls, cfg: MIAConfig, train_records) -> "MIA":
-        """The model with a word vocabulary of the training captions (count >= 1, spec A7)."""
-        from ..data.text import Vocabulary
-        captions = [c for r in train_records for c in r.captions]
-        return cls(cfg, vocab=Vocabulary.build(captions, min_count=1, unknown="token"))
-
     def extra_state(self) -> dict:
-        return {"vocab": self.vocab.to_json()} if self.vocab is not None else {}
+        return {"vocab": self.vocab.to_json()} if isinstance(self.vocab, Vocabulary) else {}
 
     # ------------------------------------------------------------------ text preprocessing (Sec. IV-A)
     def _tokens(self, caption: str):
         """(sentence ids, phrase ids per phrase, phrase (char start, char end, text)); cached."""
         if caption not in self._text_cache:
-            if self.vocab is None:
-                raise RuntimeError("MIA has no vocabulary: build it with MIA.build_for_data(cfg, "
-                                   "train_records) or pass vocab=Vocabulary.build(train captions)")
             if not caption or not caption.strip():
                 raise ValueError("MIA got an empty caption; drop it from the records or give it text")
             max_len = self.cfg.data.max_caption_len
@@ -350,26 +342,6 @@ class MIA(TBPRModel):
         return attention_weights(phrases, image_feats["P_bfm"], tau=self.cfg.tau).transpose(0, 1)
 
     # ------------------------------------------------------------------ training (Sec. III-C)
-    def stages(self) -> list[tuple[str, TrainConfig]]:
-        """The recipe as (stage name, TrainConfig); ``enter_stage(name)`` before training each."""
-        cfg, (e1, e2, e3), (lr1, lr2, lr3) = self.cfg, self.cfg.step_epochs, self.cfg.step_lr
-
-        def stage(epochs, lr, decay=False):
-            milestones = tuple(range(cfg.decay_every, epochs, cfg.decay_every)) if decay else ()
-            return dataclasses.replace(cfg.train, epochs=epochs, lr=lr, milestones=milestones,
-                                       schedule="multistep" if milestones else "constant")
-
-        plan = []
-        if cfg.cnn_init == "surrogate":
-            plan.append(("step0_surrogate", stage(cfg.surrogate_epochs, lr1)))
-        if cfg.recipe == "combined":  # Table V / Fine (L): one stage from the start
-            plan.append(("combined", stage(e1 + e2, lr2, decay=True)))
-        else:
-            plan += [("step1", stage(e1, lr1)), ("step2", stage(e2, lr2, decay=True))]
-        if cfg.bfm == "step3":
-            plan.append(("step3", stage(e3, lr3)))
-        return plan
-
     def trainable_modules(self, step: int) -> set[str]:
         """Top-level modules that step ``step`` trains (Sec. 2.12 of the spec)."""
         present = {name for name, _ in self.named_children()}
@@ -383,9 +355,10 @@ class MIA(TBPRModel):
             wanted = {"mlp_v_bfm", "mlp_t_bfm"}
         return wanted & present
 
-    def enter_stage(self, stage: str) -> None:
-        """Set the loss regime of ``stage`` and freeze (requires_grad False, eval mode) the rest."""
-        self.step = {"step0_surrogate": 0, "step1": 1, "step2": 2, "combined": 2, "step3": 3}[stage]
+    def set_step(self, step: int) -> None:
+        """Follow the loss regime of training step ``step`` and freeze (requires_grad False, eval
+        mode) the modules it does not train."""
+        self.step = step
         trainable = self.trainable_modules(self.step)
         self._frozen = set()
         for name, module in self.named_children():
@@ -439,7 +412,6 @@ class MIA(TBPRModel):
 def caption_phrases(caption: str, mode: str = "noun_phrases") -> tuple[tuple[int, int, str], ...]:
     """The "phrases" of a caption (char start, char end, text): its noun phrases (spec 4.4, NLTK
     grammar, leading determiner dropped) or, for Table VI, every word (start = end = -1)."""
-    from ..data.text import noun_phrases, word_tokenize
     if mode == "all_words":
         return tuple((-1, -1, w) for w in word_tokenize(caption))
     spans = []
@@ -454,38 +426,8 @@ def caption_phrases(caption: str, mode: str = "noun_phrases") -> tuple[tuple[int
 
 
 def _as_vocabulary(vocab):
-    if vocab is None or hasattr(vocab, "encode"):
-        return vocab
-    from ..data.text import Vocabulary
-    return Vocabulary.from_json(vocab)
+    return Vocabulary.from_json(vocab) if isinstance(vocab, dict) else vocab
 
 
 # ----------------------------------------------------------------------------- re-scoring (Tables II, III, VIII, IX)
 EVAL_ONLY = ("score", "lambda1", "lambda2")  # config fields that change scoring, not training
-
-
-def split_eval_overrides(overrides: dict) -> tuple[dict, dict]:
-    """(training overrides, evaluation-only overrides) of an ablation row: rows that differ only in
-    ``EVAL_ONLY`` fields share one trained model."""
-    overrides = overrides or {}
-    return ({k: v for k, v in overrides.items() if k not in EVAL_ONLY},
-            {k: v for k, v in overrides.items() if k in EVAL_ONLY})
-
-
-def split_scores(model: MIA, records, *, device: str = "cpu"):
-    """Encode a split once and compute every pairwise similarity of it:
-    ``(scores {"G", "I", "T", "P", "N"} -> [captions, images], text_feats, image_feats, eval_set)``."""
-    from ..evaluate import encode_split
-    text_feats, image_feats, eval_set = encode_split(model, records, model.cfg.data, device=device,
-                                                     progress=False)
-    with torch.no_grad():
-        scores = model.pairwise_scores(text_feats, image_feats)
-    return scores, text_feats, image_feats, eval_set
-
-
-def scoring_metrics(model: MIA, scores: dict, eval_set, **scoring) -> dict:
-    """Retrieval metrics of ``scores`` fused by the model's Eq. 18 settings, ``scoring`` (a subset of
-    ``EVAL_ONLY``) overriding them."""
-    from ..evaluate import retrieval_metrics
-    settings = {**{k: getattr(model.cfg, k) for k in EVAL_ONLY}, **scoring}
-    return retrieval_metrics(fuse(scores, **settings), eval_set.caption_pids, eval_set.image_pids)

@@ -1,0 +1,90 @@
+"""How MIA trains and is scored beyond the shared loop: the step-wise recipe of Sec. III-C (step 1
+the global branch, step 2 everything with the CNN, optional step 3 BFM alone), the vocabulary of the
+training captions, and re-scoring one trained model under several fusions of Eq. 18 (Tables II,
+III, VIII, IX differ only in how the scores are combined)."""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from ...config import TrainConfig
+from ...data.text import Vocabulary
+from ...evaluate import encode_split, retrieval_metrics
+from ..base import SENTENCE, Recipe
+from .model import EVAL_ONLY, MIA, MIAConfig, fuse
+
+STEPS = {"step0_surrogate": 0, "step1": 1, "step2": 2, "combined": 2, "step3": 3}
+
+
+class MIARecipe(Recipe):
+    def data_state(self, cfg: MIAConfig, train_records) -> dict:
+        """A word vocabulary of the training captions (every word seen once or more)."""
+        captions = [c for r in train_records for c in r.captions]
+        return {"vocab": Vocabulary.build(captions, min_count=1, unknown="token")}
+
+    def stages(self, model: MIA) -> list[tuple[str, TrainConfig]]:
+        """The steps as (stage name, TrainConfig): ``step_epochs`` and ``step_lr`` set each step's
+        length and learning rate (``train.epochs`` / ``train.lr`` are not read)."""
+        cfg, (e1, e2, e3), (lr1, lr2, lr3) = model.cfg, model.cfg.step_epochs, model.cfg.step_lr
+
+        def stage(epochs, lr, decay=False):
+            milestones = tuple(range(cfg.decay_every, epochs, cfg.decay_every)) if decay else ()
+            return dataclasses.replace(cfg.train, epochs=epochs, lr=lr, milestones=milestones,
+                                       schedule="multistep" if milestones else "constant")
+
+        plan = []
+        if cfg.cnn_init == "surrogate":
+            plan.append(("step0_surrogate", stage(cfg.surrogate_epochs, lr1)))
+        if cfg.recipe == "combined":  # Table V / Fine (L): one stage from the start
+            plan.append(("combined", stage(e1 + e2, lr2, decay=True)))
+        else:
+            plan += [("step1", stage(e1, lr1)), ("step2", stage(e2, lr2, decay=True))]
+        if cfg.bfm == "step3":
+            plan.append(("step3", stage(e3, lr3)))
+        return plan
+
+    def enter_stage(self, model: MIA, stage: str) -> None:
+        model.set_step(STEPS[stage])
+
+    @torch.no_grad()
+    def explain(self, model, caption: str, image: torch.Tensor) -> dict | None:
+        """BFM P→N weights α_ik (Eq. 13) of each noun phrase over the n parts and RGA's relation
+        attention v_k(I, T) (Eq. 6) of the sentence, drawn as horizontal stripes."""
+        text, img = model.encode_texts([caption]), model.encode_images(image[None].to(model.device))
+        tokens, rows = [], []
+        if "P_rga" in img and "T" in text:
+            tokens.append(SENTENCE)
+            rows.append(model.relation_attention(text, img)[0])  # [1, n]
+        if "N_bfm" in text:
+            tokens += [p for _, _, p in model.phrases_of(caption)]
+            rows.append(model.phrase_part_attention(text, img, 0)[0])  # [m, n]
+        if not rows:
+            return None
+        return {"tokens": tokens, "maps": torch.cat(rows)[:, :, None].cpu(),
+                "kind": "MIA BFM phrase→part α (Eq. 13) / RGA sentence→part v_k (Eq. 6)"}
+
+
+def split_eval_overrides(overrides: dict) -> tuple[dict, dict]:
+    """(training overrides, evaluation-only overrides) of an ablation row: rows that differ only in
+    ``EVAL_ONLY`` fields share one trained model."""
+    overrides = overrides or {}
+    return ({k: v for k, v in overrides.items() if k not in EVAL_ONLY},
+            {k: v for k, v in overrides.items() if k in EVAL_ONLY})
+
+
+def split_scores(model: MIA, records, *, device: str = "cpu"):
+    """Encode a split once and compute every pairwise similarity of it:
+    ``(scores {"G", "I", "T", "P", "N"} -> [captions, images], text_feats, image_feats, eval_set)``."""
+    text_feats, image_feats, eval_set = encode_split(model, records, model.cfg.data, device=device,
+                                                     progress=False)
+    with torch.no_grad():
+        scores = model.pairwise_scores(text_feats, image_feats)
+    return scores, text_feats, image_feats, eval_set
+
+
+def scoring_metrics(model: MIA, scores: dict, eval_set, **scoring) -> dict:
+    """Retrieval metrics of ``scores`` fused by the model's Eq. 18 settings, ``scoring`` (a subset of
+    ``EVAL_ONLY``) overriding them."""
+    settings = {**{k: getattr(model.cfg, k) for k in EVAL_ONLY}, **scoring}
+    return retrieval_metrics(fuse(scores, **settings), eval_set.caption_pids, eval_set.image_pids)
