@@ -951,19 +951,53 @@ class _InProcess:
         return map(fn, jobs)
 
 
-def ensure(profile: str = "smoke", seed: int = 0, root: str | Path | None = None) -> Path:
+def rendered_as(root) -> dict | None:
+    """{"profile", "seed", "version"} of the SynthPedes in ``root`` (from its ground truth), or
+    None if ``root`` holds no SynthPedes ground truth."""
+    path = Path(root) / GT_FILE
+    if not path.exists():
+        return None
+    gt = json.loads(path.read_text())
+    return {k: gt.get(k) for k in ("profile", "seed", "version")}
+
+
+def ensure(profile: str = "smoke", seed: int = 0, root: str | Path | None = None,
+           force: bool = False) -> Path:
     """The root of SynthPedes ``profile``/``seed``, rendered on first use.
 
     Rendered into a temporary sibling folder and renamed, so a crash or a concurrent process never
-    leaves a half-written dataset behind.
+    leaves a half-written dataset behind. An explicit ``root`` that already holds a SynthPedes of
+    another profile, seed or version is refused (``FileExistsError``), or with ``force`` rendered
+    anew in its place; a ``root`` with a ``reid_raw.json`` but no SynthPedes ground truth (a real
+    dataset?) is always refused.
     """
-    root = Path(root) if root else cache_dir() / "synthpedes" / f"{profile}-seed{seed}-v{VERSION}"
+    default = cache_dir() / "synthpedes" / f"{profile}-seed{seed}-v{VERSION}"
+    root = Path(root) if root else default
+    want = {"profile": profile, "seed": seed, "version": VERSION}
     if (root / "reid_raw.json").exists():
-        return root
+        if root == default and not force:  # the folder name says what it holds
+            return root
+        held = rendered_as(root)
+        if held is None:
+            raise FileExistsError(f"{root} holds a reid_raw.json but no SynthPedes ({GT_FILE} is "
+                                  f"missing); pass another folder (nothing there was changed)")
+        if held == want and not force:
+            return root
+        if not force:
+            raise FileExistsError(
+                f"{root} holds SynthPedes {held['profile']} seed {held['seed']} (v{held['version']}),"
+                f" not {profile} seed {seed} (v{VERSION}); pass --force (force=True) to render "
+                f"{profile} seed {seed} in its place, or another folder")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     render(profile, seed, tmp)
+    if force and (root / GT_FILE).exists():  # checked above: a SynthPedes render, safe to replace
+        old = root.with_name(f".{root.name}.old-{os.getpid()}")
+        os.rename(root, old)
+        os.rename(tmp, root)
+        shutil.rmtree(old, ignore_errors=True)
+        return root
     try:
         os.rename(tmp, root)
     except OSError:  # someone else finished first (or root exists, e.g. an empty folder)
@@ -1088,16 +1122,21 @@ def write_layout(root, fmt: str) -> Path:
 
 
 def main(argv=None) -> int:
-    """``tbpr synth --profile smoke|quick|large --out DIR [--seed S] [--format ...]``"""
+    """``tbpr synth --profile smoke|quick|large --out DIR [--seed S] [--format ...] [--force]``"""
     ap = argparse.ArgumentParser(prog="tbpr synth", description=main.__doc__)
     ap.add_argument("--profile", default="quick", choices=list(PROFILES))
     ap.add_argument("--out", default=None, help="output folder (default: the tbpr cache)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--format", default="cuhk-pedes",
                     choices=["cuhk-pedes", "icfg-pedes", "rstpreid"])
+    ap.add_argument("--force", action="store_true",
+                    help="render anew even if --out already holds a SynthPedes (of any seed)")
     args = ap.parse_args(argv)
     t0 = time.time()
-    root = ensure(args.profile, args.seed, args.out)
+    try:
+        root = ensure(args.profile, args.seed, args.out, force=args.force)
+    except FileExistsError as err:  # one line and exit status 2, like an argument error
+        ap.exit(2, f"tbpr synth: error: {err}\n")
     path = write_layout(root, args.format)
     print(f"SynthPedes {args.profile} (seed {args.seed}) at {root} [{path.name}], "
           f"{time.time() - t0:.1f}s")
