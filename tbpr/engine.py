@@ -6,10 +6,16 @@ safetensors checkpoints with exact resume, and DistributedDataParallel under ``t
 - ``metrics.jsonl``: one line per epoch (``epoch`` counted from 1, the mean of every loss part,
   ``lr``, ``images_per_s``, ``seconds`` and the metrics of ``eval_fn``);
 - ``model.safetensors``: the weights, with the model name, config, config hash and ``extra_state()``
-  as metadata (``save_checkpoint`` / ``load_checkpoint``);
+  as metadata (``save_checkpoint`` / ``load_checkpoint``), and the file's own sha256, which
+  ``read_checkpoint`` / ``load_checkpoint`` verify (a damaged file is an error, not lower scores);
 - ``state.pt``: optimizer, scheduler, grad scaler, position (epoch, step in epoch), the running loss
   sums, and per rank the RNG states of python / numpy / torch and of the loader's generators. It is
   plain tensors and containers, so ``torch.load(weights_only=True)`` reads it without running code.
+
+The pair is replaced without a moment where no consistent pair is on disk: the new weights and state
+are written whole as ``model.safetensors.next`` / ``state.pt.next``, then renamed over the current
+pair, weights first. A kill at any point leaves a pair that agrees on the step among the current and
+``.next`` files; resume takes the newest one, finishes the interrupted renames and says so on stderr.
 
 Resume (the default) continues from the checkpoint in ``out_dir``. The loader is created once by the
 caller and re-iterated every epoch (``set_epoch(epoch)`` is called on its sampler when it has one);
@@ -34,10 +40,13 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import hashlib
 import json
 import math
 import os
 import random
+import re
+import sys
 import time
 from pathlib import Path
 
@@ -55,6 +64,9 @@ from .config import config_hash, to_dict
 WEIGHTS_FILE = "model.safetensors"
 STATE_FILE = "state.pt"
 METRICS_FILE = "metrics.jsonl"
+NEXT = ".next"  # suffix of a checkpoint pair being written, renamed over the current one when whole
+SHA256_KEY = "sha256"  # metadata entry: the sha256 of the file with this entry's value zeroed
+_SHA256_PENDING = "0" * 64
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("multistep", "cosine", "constant")
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -156,9 +168,61 @@ def _config_dict(model: nn.Module) -> dict:
     return to_dict(cfg) if dataclasses.is_dataclass(cfg) else {}
 
 
+def _sha256_field(value: str) -> bytes:
+    return f'"{SHA256_KEY}":"{value}"'.encode()
+
+
+def _safetensors_header(f) -> tuple[bytes, bytes]:
+    """The 8-byte length prefix and the JSON header of a safetensors file open at its start."""
+    prefix = f.read(8)
+    return prefix, f.read(int.from_bytes(prefix, "little"))
+
+
+def _seal(path: Path) -> None:
+    """Record the sha256 of ``path`` in its own metadata: the file is hashed as written, with the
+    entry's value all zeros, and the digest is then patched over those zeros (same length, in place)."""
+    with open(path, "r+b") as f:
+        prefix, header = _safetensors_header(f)
+        field = _sha256_field(_SHA256_PENDING)
+        at = header.find(field)
+        if at < 0 or header.find(field, at + 1) >= 0:
+            raise RuntimeError(f"{path}: the safetensors header holds no single {SHA256_KEY!r} entry "
+                               "to record the checksum in (has the safetensors format changed?)")
+        f.seek(0)
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+        f.seek(len(prefix) + at + len(field) - len(_SHA256_PENDING) - 1)
+        f.write(digest.encode())
+
+
+_VERIFIED: set = set()  # (path, inode, size, mtime) of files whose sha256 already matched
+
+
+def _verify_sha256(path: Path, recorded: str | None) -> None:
+    """Refuse a checkpoint whose bytes differ from the sha256 recorded when it was written; one
+    without a recorded sha256 (older, or written by other tools) is not checked."""
+    if recorded is None:
+        return
+    stat = path.stat()
+    identity = (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    if identity in _VERIFIED:  # read_checkpoint then load_checkpoint hash the file once
+        return
+    with open(path, "rb") as f:
+        prefix, header = _safetensors_header(f)
+        field = _sha256_field(recorded)
+        ok = re.fullmatch(r"[0-9a-f]{64}", recorded) is not None and header.count(field) == 1
+        if ok:
+            digest = hashlib.sha256(prefix + header.replace(field, _sha256_field(_SHA256_PENDING)))
+            ok = hashlib.file_digest(f, lambda: digest).hexdigest() == recorded
+    if not ok:
+        raise ValueError(f"{path} does not match its recorded sha256: the file is damaged; delete the "
+                         "run folder and train again")
+    _VERIFIED.add(identity)
+
+
 def save_checkpoint(model: nn.Module, path, extra: dict | None = None) -> Path:
     """Write the weights to ``path`` (safetensors) with the model name, config, config hash,
-    ``extra_state()`` and ``extra`` (JSON) as metadata. The write is atomic (temp file + rename)."""
+    ``extra_state()`` and ``extra`` (JSON) as metadata, and the sha256 of the file itself (verified
+    by ``read_checkpoint`` / ``load_checkpoint``). The write is atomic (temp file + rename)."""
     model = _unwrap(model)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -170,17 +234,29 @@ def save_checkpoint(model: nn.Module, path, extra: dict | None = None) -> Path:
         "config_hash": config_hash(cfg),
         "extra_state": json.dumps(model.extra_state() if hasattr(model, "extra_state") else {}),
         "extra": json.dumps(extra or {}),
+        SHA256_KEY: _SHA256_PENDING,
     }
     tmp = path.with_name(path.name + ".tmp")
     save_model(model, str(tmp), metadata=metadata, force_contiguous=True)
+    _seal(tmp)
     os.replace(tmp, path)
     return path
 
 
 def read_checkpoint(path) -> dict:
     """The metadata of a tbpr checkpoint: ``model``, ``config`` (dict), ``config_hash``,
-    ``extra_state`` (dict), ``extra`` (dict). Enough to rebuild the model before loading weights."""
+    ``extra_state`` (dict), ``extra`` (dict). Enough to rebuild the model before loading weights.
+    Refuses a file that does not match its recorded sha256 (hashed once per file version)."""
     path = Path(path)
+    metadata = _tbpr_metadata(path)
+    _verify_sha256(path, metadata.get(SHA256_KEY))
+    return {"model": metadata["model"], "config": json.loads(metadata["config"]),
+            "config_hash": metadata["config_hash"], "extra_state": json.loads(metadata["extra_state"]),
+            "extra": json.loads(metadata["extra"])}
+
+
+def _tbpr_metadata(path: Path) -> dict:
+    """The raw safetensors metadata of a tbpr checkpoint (the header only: no checksum, no tensor)."""
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist; train a model first or pass the "
                                 "path of an existing model.safetensors")
@@ -193,9 +269,7 @@ def read_checkpoint(path) -> dict:
     if metadata.get("format") != "tbpr":
         raise ValueError(f"checkpoint {path} has no tbpr metadata (found keys {sorted(metadata)}); "
                          "write it with tbpr.engine.save_checkpoint")
-    return {"model": metadata["model"], "config": json.loads(metadata["config"]),
-            "config_hash": metadata["config_hash"], "extra_state": json.loads(metadata["extra_state"]),
-            "extra": json.loads(metadata["extra"])}
+    return metadata
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -421,21 +495,75 @@ def _write_history(out: Path, history: list[dict]) -> None:
     os.replace(tmp, out / METRICS_FILE)
 
 
-def _load_training_state(out: Path, model: nn.Module, train_cfg, ctx: _Dist) -> dict | None:
-    weights, state_path = out / WEIGHTS_FILE, out / STATE_FILE
-    if not state_path.exists():
-        return None
+def _unreadable_state_reason(err: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in a few words (torch's own message
+    advises ``weights_only=False``, i.e. running whatever code the file holds: not repeated here)."""
+    text = str(err)
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if found:
+        return f"it pickles a {found.group(1)} object, not only tensors and containers"
+    found = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    if found:
+        return f"its pickle is refused: {found.group(1).strip()[:120]}"
+    if isinstance(err, EOFError) or "zip archive" in text or "central directory" in text:
+        return "it is truncated or not written by torch.save"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    if first and "weights_only" not in first:
+        return f"{type(err).__name__}: {first[:120]}"
+    return type(err).__name__
+
+
+def _read_state(path: Path, out: Path) -> dict:
+    """A training state file, loaded without running code; any other file is a one-line error."""
+    weights = WEIGHTS_FILE + path.name[len(STATE_FILE):]
     try:
-        meta = load_checkpoint(model, weights)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        reason = None if isinstance(state, dict) and "global_step" in state else (
+            f"it holds a {type(state).__name__} without a global_step")
+    except Exception as err:  # noqa: BLE001 - unpickling / zip / EOF errors: all one answer
+        reason = _unreadable_state_reason(err)
+    if reason is not None:
+        raise ValueError(f"cannot resume from {out}: {path} is not a plain-tensor training state "
+                         f"({reason}); delete it (and {weights}) to start over")
+    return state
+
+
+def _checkpoint_step(path: Path, out: Path):
+    try:
+        return json.loads(_tbpr_metadata(path)["extra"]).get("global_step")
     except (ValueError, FileNotFoundError) as err:
         raise ValueError(f"cannot resume from {out}: {err}. Use another out_dir, or resume=False to "
                          "start over there") from err
-    state = torch.load(state_path, map_location="cpu", weights_only=True)
-    if meta["extra"].get("global_step") != state["global_step"]:
-        raise ValueError(f"cannot resume from {out}: {WEIGHTS_FILE} (step "
-                         f"{meta['extra'].get('global_step')}) and {STATE_FILE} (step "
-                         f"{state['global_step']}) disagree, a write was interrupted; delete both to "
-                         "start over")
+
+
+def _load_training_state(out: Path, model: nn.Module, train_cfg, ctx: _Dist) -> dict | None:
+    """The newest training state in ``out`` whose weights (loaded into ``model``) agree with it on
+    the step, among the current and ``.next`` files (see ``_save_training_state``); an interrupted
+    write's renames are finished, or its lone ``.next`` file deleted, with one line on stderr."""
+    state_paths = [p for p in (out / (STATE_FILE + NEXT), out / STATE_FILE) if p.exists()]
+    if not state_paths:
+        return None
+    weights_steps = {p: _checkpoint_step(p, out)
+                     for p in (out / (WEIGHTS_FILE + NEXT), out / WEIGHTS_FILE) if p.exists()}
+    seen, chosen = [], None
+    for state_path in state_paths:  # the .next state, when there is one, is the newer
+        state = _read_state(state_path, out)
+        seen.append(f"{state_path.name} step {state['global_step']}")
+        weights = next((w for w, step in weights_steps.items() if step == state["global_step"]), None)
+        if weights is not None:
+            chosen = weights, state_path
+            break
+    if chosen is None:
+        listed = ", ".join([f"{w.name} step {step}" for w, step in weights_steps.items()] + seen)
+        raise ValueError(f"cannot resume from {out}: no weights file agrees with a training state on "
+                         f"the step ({listed or 'no ' + WEIGHTS_FILE}); delete {WEIGHTS_FILE}* and "
+                         f"{STATE_FILE}* there to start over")
+    weights, state_path = chosen
+    try:
+        load_checkpoint(model, weights)
+    except (ValueError, FileNotFoundError) as err:
+        raise ValueError(f"cannot resume from {out}: {err}. Use another out_dir, or resume=False to "
+                         "start over there") from err
     if state["train_config"] != to_dict(train_cfg):
         diffs = _config_differences(state["train_config"], to_dict(train_cfg), here="this run")
         raise ValueError(f"cannot resume from {out}: it was trained with another TrainConfig; "
@@ -443,19 +571,47 @@ def _load_training_state(out: Path, model: nn.Module, train_cfg, ctx: _Dist) -> 
     if len(state["ranks"]) != ctx.world_size:
         raise ValueError(f"cannot resume from {out}: it was written by {len(state['ranks'])} "
                          f"process(es), this run has {ctx.world_size}; resume with the same world size")
+    _barrier(ctx)  # every rank has read the files before rank 0 renames them
+    if ctx.main:
+        _settle_pair(out, weights, state_path, state["global_step"], weights_steps)
+    _barrier(ctx)
     return state
+
+
+def _settle_pair(out: Path, weights: Path, state_path: Path, step, weights_steps: dict) -> None:
+    """Make the pair resumed from the current one, delete what an interrupted write left, and
+    say so in one line."""
+    done = []
+    for path, final in ((weights, out / WEIGHTS_FILE), (state_path, out / STATE_FILE)):
+        if path != final:
+            os.replace(path, final)
+            done.append(f"moved {path.name} into place")
+    for path in (out / (WEIGHTS_FILE + NEXT), out / (STATE_FILE + NEXT)):
+        if path.exists():
+            newer = f", step {weights_steps[path]}" if path in weights_steps else ""
+            path.unlink()
+            done.append(f"deleted the incomplete {path.name}{newer}")
+    if done:
+        print(f"tbpr.engine: a checkpoint write in {out} was interrupted; resuming from step {step} "
+              f"({weights.name} + {state_path.name}): {', '.join(done)}", file=sys.stderr)
 
 
 def _save_training_state(out: Path, model, optimizer, scheduler, scaler, position: dict,
                          rank_state: dict, ctx: _Dist) -> None:
+    """Write the pair whole as ``model.safetensors.next`` + ``state.pt.next`` next to the current
+    one, then rename it over the current pair, weights first: a kill at any moment leaves one pair
+    that agrees on the step (current, new, or new weights + ``state.pt.next``)."""
     ranks = _gather(rank_state, ctx)
     if ctx.main:
-        save_checkpoint(model, out / WEIGHTS_FILE, extra={"global_step": position["global_step"]})
+        weights_next, state_next = out / (WEIGHTS_FILE + NEXT), out / (STATE_FILE + NEXT)
+        save_checkpoint(model, weights_next, extra={"global_step": position["global_step"]})
         state = {**position, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                  "scaler": scaler.state_dict(), "ranks": ranks}
         tmp = out / (STATE_FILE + ".tmp")
         torch.save(state, tmp)
-        os.replace(tmp, out / STATE_FILE)
+        os.replace(tmp, state_next)
+        os.replace(weights_next, out / WEIGHTS_FILE)
+        os.replace(state_next, out / STATE_FILE)
     _barrier(ctx)
 
 
@@ -493,7 +649,8 @@ def _fit(model, loader, cfg, ctx: _Dist, device, out_dir, seed, eval_fn, resume,
         if resume:
             state = _load_training_state(out, model, cfg, ctx)
         elif ctx.main:
-            for name in (WEIGHTS_FILE, STATE_FILE, METRICS_FILE):
+            for name in (WEIGHTS_FILE, STATE_FILE, METRICS_FILE, WEIGHTS_FILE + NEXT,
+                         STATE_FILE + NEXT):
                 (out / name).unlink(missing_ok=True)
     net = model
     if ctx.world_size > 1:
