@@ -1,7 +1,7 @@
 """Every training objective of the five papers, once, named as the papers name them.
 
-Each function takes features/logits and labels and returns a scalar; each is unit-tested in
-``tests/test_losses_*.py`` against a direct, naive implementation of the paper's formula.
+Each function takes features/logits and labels and returns a scalar; each is unit-tested in its
+paper's ``tests/test_<paper>.py`` against a direct, naive implementation of the paper's formula.
 Papers share an objective only where the formula really is the same.
 """
 from __future__ import annotations

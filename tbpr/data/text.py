@@ -13,8 +13,9 @@ import zlib
 from collections import Counter
 from functools import lru_cache
 
-# MIA §4.4: optional determiner, one "adjective and" pair, modifiers, ending in a noun. VBG is left
-# out so that "wearing black pants" yields "black pants".
+# MIA's noun phrases (NLTK POS tags and chunks; the paper gives no grammar, this one is ours): optional
+# determiner, one "adjective and" pair, modifiers, ending in a noun. VBG is left out so that
+# "wearing black pants" yields "black pants".
 NP_GRAMMAR = r"NP: {<DT|PRP\$>?(<JJ.*|VBN><CC>)?<JJ.*|VBN|NN.*>*<NN.*>}"
 _WORD = re.compile(r"[A-Za-z0-9]+(?:[-'][A-Za-z0-9]+)*|[^\sA-Za-z0-9]")
 
@@ -53,7 +54,8 @@ def wordpiece_words() -> tuple[str, ...]:
 
 # --- words and vocabularies ----------------------------------------------------------------------
 def word_tokenize(caption: str) -> list[str]:
-    """Lower-cased alphanumeric words, punctuation dropped (SSAN §4.3; like ``processed_tokens``)."""
+    """Lower-cased alphanumeric words, punctuation dropped (SSAN; like the ``processed_tokens`` its
+    official code reads)."""
     return re.findall(r"[a-z0-9]+", caption.lower().replace("'", ""))
 
 
@@ -122,7 +124,7 @@ class HashVocabulary:
         return self.size
 
     def encode(self, caption: str, max_len: int) -> list[int]:
-        """Ids 2..size-1; an empty caption becomes [1] (unknown), as ``Vocabulary`` does (A3)."""
+        """Ids 2..size-1; an empty caption becomes [1] (unknown), as ``Vocabulary`` does."""
         words = word_tokenize(caption)[:max_len]
         return [2 + zlib.crc32(w.encode()) % (self.size - 2) for w in words] or [1]
 

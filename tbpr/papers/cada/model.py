@@ -12,8 +12,9 @@ layer (text tokens = queries, image tokens = keys/values). The decoder learns tw
 Inference: CADA-G ranks the gallery by the global cosine; CADA-L re-scores each query's top-k gallery
 images with the decoder's [ENC] match logit and adds it (``rerank``).
 
-Section/equation numbers refer to the paper; the reconstruction of the lost equations follows
-``shared/specs/cada.md`` (§ numbers below in square brackets refer to that spec).
+Section and equation numbers in square brackets refer to the paper; where its text leaves an
+equation or a value out, it is rebuilt from the surrounding prose and the official code
+(github.com/LinDixuan/CADA, built on BLIP).
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # ----------------------------------------------------------------------------- config
 @dataclass
 class VisionConfig:
-    """ViT-B/16 image encoder (BLIP's visual encoder) [§2.2]."""
+    """ViT-B/16 image encoder (BLIP's visual encoder) [Sec. III-A1, IV-B]."""
     patch_size: int = 16
     width: int = 768
     depth: int = 12
@@ -51,7 +52,7 @@ class VisionConfig:
 
 @dataclass
 class TextConfig:
-    """BERT-base text encoder = cross-modal decoder [§2.3, §2.5]."""
+    """BERT-base text encoder = cross-modal decoder [Sec. III-A1, III-B]."""
     tokenizer: str = "bert"  # bert: WordPiece + [DEC]/[ENC] (30,524 ids) | words: training-word vocabulary
     vocab_size: int = 30524
     text_len: int = 73  # L + 1 token positions ([CLS]/[ENC] first)
@@ -66,17 +67,17 @@ class TextConfig:
 
 @dataclass
 class ATPConfig:
-    """Association of text Tokens to image Patches [§2.6]."""
+    """Association of text Tokens to image Patches [Sec. III-B]."""
     enabled: bool = True
     group_size: int = 36  # s
     group_stride: int = 36  # t
-    masked_mean: bool = False  # the code averages padding positions too (§8-A7)
-    hardneg_sim: str = "cosine"  # cosine | dot (the code's un-normalised projections, §8-A11)
+    masked_mean: bool = False  # the official code averages padding positions too
+    hardneg_sim: str = "cosine"  # cosine ("highest global similarity") | dot (official code, un-normalised)
 
 
 @dataclass
 class ARAConfig:
-    """Association of image Regions to text Attributes via Masked Attribute Modeling [§2.7]."""
+    """Association of image Regions to text Attributes via Masked Attribute Modeling [Sec. III-C]."""
     enabled: bool = True
     mask_rate: float = 0.8  # r, per attribute phrase
     weight: float = 0.1  # lambda of Eq. (8)
@@ -85,13 +86,15 @@ class ARAConfig:
 
 
 def _paper_train() -> TrainConfig:
-    # AdamW 1e-5, wd 0.05 on all parameters, per-epoch cosine to 0, no warm-up, 40 epochs [§4.1]
+    # AdamW, wd 0.05, cosine decay, 40 epochs [Sec. IV-B]; lr 1e-5 on all parameters, per-epoch cosine
+    # to 0, no warm-up (official code)
     return TrainConfig(epochs=40, optimizer="adamw", lr=1e-5, weight_decay=0.05, schedule="cosine",
                        step_per="epoch", warmup_epochs=0.0, min_lr=0.0)
 
 
 def _paper_data() -> DataConfig:
-    # 224x224, batch 96, flip + pad 10 / crop + random erasing 0.5, CLIP normalisation [§4.3]
+    # batch 96, flip, crop, random erasing [Sec. IV-B]; 224x224, pad 10, erasing 0.5, CLIP normalisation
+    # (official code)
     return DataConfig(image_size=(224, 224), batch_size=96, sampler="random", flip=True, pad_crop=10,
                       random_erasing=0.5, mean=CLIP_MEAN, std=CLIP_STD, max_caption_len=72)
 
@@ -106,7 +109,7 @@ class CADAConfig(ModelConfig):
     ara: ARAConfig = field(default_factory=ARAConfig)
     embed_dim: int = 256  # d', shared latent width
     global_loss: str = "ndf"  # ndf | cmpm (Table IV baseline)
-    ndf_variant: str = "paper"  # paper | official (§8-A10)
+    ndf_variant: str = "paper"  # paper | official (the code adds a CE term and scales the KLs by 1/N)
     temperature: float = 0.02  # tau of Eq. (1)
     rerank_k: int = 32  # k of CADA-L (0 = CADA-G)
     local_score: str = "logit"  # logit (code) | prob (the paper's "matching probability")
@@ -124,7 +127,7 @@ _TAG_LETTER = {"JJ": "J", "CC": "C", "NN": "N", "NNS": "S"}
 
 
 def caption_words(caption: str, max_words: int = 72) -> list[tuple[str, int, int]]:
-    """Preprocess as the official code (§2.1) and split into words with their character spans."""
+    """Preprocess as the official code and split into words with their character spans."""
     text = _DROP.sub(" ", caption.lower())  # length-preserving, so spans index the raw caption
     kept = []
     for n_whitespace_words, m in enumerate(re.finditer(r"\S+", text)):
@@ -135,7 +138,8 @@ def caption_words(caption: str, max_words: int = 72) -> list[tuple[str, int, int
 
 
 def attribute_chunks(tags: list[str]) -> list[list[int]]:
-    """Word indices of each maximal, non-empty ``(<JJ><CC>?)*<NN>?<NNS>?`` chunk (§2.7 step 1)."""
+    """Word indices of each maximal, non-empty ``(<JJ><CC>?)*<NN>?<NNS>?`` chunk: the official code's
+    grammar for the paper's "[adj][noun]" attributes (Sec. III-C)."""
     letters = "".join(_TAG_LETTER.get(t, "x") for t in tags)
     return [list(range(m.start(), m.end())) for m in _ATTR.finditer(letters) if m.end() > m.start()]
 
@@ -155,8 +159,8 @@ class EncodedCaption:
 
 
 class CaptionTokenizer:
-    """``bert``: WordPiece ids of bert-base-uncased plus [DEC], [ENC] (§2.1); ``words``: one id per
-    training word (the CPU variant, §9.2). Both give [CLS] w1 .. wn [SEP] [PAD].. of ``text_len``."""
+    """``bert``: WordPiece ids of bert-base-uncased plus [DEC], [ENC] (official code); ``words``: one id
+    per training word (the CPU variant). Both give [CLS] w1 .. wn [SEP] [PAD].. of ``text_len``."""
 
     def __init__(self, mode: str, text_len: int, max_words: int, vocab: list[str] | None = None):
         self.mode, self.text_len, self.max_words = mode, text_len, max_words
@@ -229,7 +233,7 @@ def build_word_vocab(captions, min_count: int = 2) -> list[str]:
 
 # ----------------------------------------------------------------------------- image encoder
 class VisionTransformer(nn.Module):
-    """BLIP's ViT: conv patch embedding, [CLS], learned positions, pre-LN blocks, final LN [§2.2]."""
+    """BLIP's ViT: conv patch embedding, [CLS], learned positions, pre-LN blocks, final LN [Sec. III-A1]."""
 
     def __init__(self, cfg: VisionConfig, image_size: tuple[int, int]):
         super().__init__()
@@ -283,7 +287,7 @@ class Attention(nn.Module):
 
 
 class BertLayer(nn.Module):
-    """Post-LN BERT layer: self-attention, cross-attention (decoder mode only), FFN [§2.5]."""
+    """Post-LN BERT layer: self-attention, cross-attention (decoder mode only), FFN [Sec. III-B]."""
 
     def __init__(self, cfg: TextConfig, image_width: int, cross_attention: bool):
         super().__init__()
@@ -375,7 +379,8 @@ class CADA(TBPRModel):
             raise ValueError(f"text.vocab_size is {t.vocab_size}; it must hold the {len(SPECIALS)} special "
                              "tokens and the words (0 sizes it from the vocabulary)")
         self.visual_encoder = VisionTransformer(cfg.vision, cfg.data.image_size)
-        # the text encoder is also the decoder [§2.5]; its CA sub-layers exist only if ATP or ARA uses them
+        # the text encoder is also the decoder [Sec. III-B]; its CA sub-layers exist only if ATP or ARA
+        # uses them
         self.text_encoder = TextTransformer(t, cfg.vision.width, cross_attention=self.has_decoder)
         self.vision_proj = nn.Linear(cfg.vision.width, cfg.embed_dim)  # W_v
         self.text_proj = nn.Linear(t.width, cfg.embed_dim)  # W_t
@@ -436,7 +441,7 @@ class CADA(TBPRModel):
         return f_v, f_t
 
     def group_features(self, hidden, attention_mask):
-        """Mean of each window G_m of D_{1:L} (size s, stride t), m = 1..N_g [§2.6]."""
+        """Mean of each window G_m of D_{1:L} (size s, stride t), m = 1..N_g [Sec. III-B]."""
         s, t, n_g = self.cfg.atp.group_size, self.cfg.atp.group_stride, self.num_groups(self.cfg)
         starts = [1 + m * t for m in range(n_g)]
         windows = torch.stack([hidden[:, a:a + s] for a in starts], 1)  # [B, N_g, s, d]
@@ -456,7 +461,8 @@ class CADA(TBPRModel):
             return sim.argmax(1), sim.argmax(0)  # negative image per text, negative text per image
 
     def mask_attributes(self, captions, ids):
-        """Masked Attribute Modeling input: each attribute phrase -> [MASK] with probability r [§2.7]."""
+        """Masked Attribute Modeling input: each attribute phrase -> [MASK] with probability r
+        [Sec. III-C]."""
         enc = [self.tokenizer.encode(c) for c in captions]
         masked = torch.zeros_like(ids, dtype=torch.bool)
         for b, e in enumerate(enc):
@@ -517,7 +523,7 @@ class CADA(TBPRModel):
         return text_feats["global"] @ image_feats["global"].T  # s^g, cosine (CADA-G)
 
     def match_score(self, ids, att, image_tokens) -> torch.Tensor:
-        """s^l of §2.9: the decoder's "match" logit (or probability) for each (text, image) pair."""
+        """s^l of Sec. III-D: the decoder's "match" logit (or probability) for each (text, image) pair."""
         d, _ = self.decode(ids, att, image_tokens)
         logits = [self.itm_head(d[:, 0])]
         if self.cfg.local_groups == "enc+groups":
@@ -529,7 +535,7 @@ class CADA(TBPRModel):
 
     @torch.no_grad()
     def rerank(self, text_feats, image_feats, topk_index, batch_pairs: int = 512) -> torch.Tensor:
-        """CADA-L: S = s^g + s^l for each query's k candidates (k decoder passes per query) [§2.9]."""
+        """CADA-L: S = s^g + s^l for each query's k candidates (k decoder passes per query) [Sec. III-D]."""
         if not self.cfg.atp.enabled:
             raise ValueError("CADA-L re-ranking needs the ATP match head: set atp.enabled=true or rerank_k=0")
         q, k = topk_index.shape
@@ -594,8 +600,8 @@ _BLIP_NAMES = [  # (regex on a BLIP model_base.pth key, our name)
 
 
 def blip_to_cada_names(blip_state: dict) -> dict:
-    """Rename the BLIP checkpoint entries CADA uses (§4.1); everything else (momentum encoders,
-    queues, the caption decoder) is dropped."""
+    """Rename the BLIP checkpoint entries CADA uses (Sec. IV-B, official code); everything else
+    (momentum encoders, queues, the caption decoder) is dropped."""
     out = {}
     for key, value in blip_state.items():
         for pattern, repl in _BLIP_NAMES:

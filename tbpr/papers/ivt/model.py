@@ -1,20 +1,22 @@
 """IVT — Implicit Visual-Textual framework.
 
 Shu et al., *See Finer, See More: Implicit Modality Alignment for Text-based Person Retrieval*,
-ECCV 2022 Workshops (arXiv 2208.08608). Spec: ``shared/specs/ivt.md``.
+ECCV 2022 Workshops (arXiv 2208.08608). Official code:
+github.com/TencentYoutuResearch/PersonRetrieval-IVT.
 
 One ViT-B/16 encodes both modalities: every block shares its LayerNorms and self-attention, only the
 MLP is duplicated into an image expert and a text expert (Eqs. 3-4). Images and texts still pass
-through it separately, so retrieval is a cosine lookup between the two [CLS] outputs (§2.8). Two
+through it separately, so retrieval is a cosine lookup between the two [CLS] outputs (Sec. 3.2). Two
 training-only tricks add fine-grained alignment without annotations:
 
-* **MLA** (multi-level alignment, §2.7): three augmented views of each image are paired with the
+* **MLA** (multi-level alignment, Sec. 3.3): three augmented views of each image are paired with the
   sentence, one random clause (phrase level) and a random set of adjective/noun chunks (word level),
   all inside one identity-aware CMPM loss (Eqs. 5-7);
-* **BMM** (bidirectional mask modelling, §2.4): up to ⌊rN⌋ image and text tokens are dropped before
+* **BMM** (bidirectional mask modelling, Sec. 3.3): up to ⌊rN⌋ image and text tokens are dropped before
   the encoder, so the global features must match on the remaining, often less salient, cues.
 
-The optional "Pre" stage (§3.2, ALBEF-style ITC + ITM + MLM with a fusion encoder) is
+The optional "Pre" stage (Table 4; the paper does not describe it, the official code runs ALBEF-style
+ITC + ITM + MLM with a fusion encoder) is
 :class:`IVTPretrainer`; with ``pretrain=True`` the recipe (``recipe.py``) pre-trains it once (cached)
 and the model starts from its encoder weights.
 """
@@ -39,19 +41,20 @@ from ..base import TBPRModel
 
 
 # ----------------------------------------------------------------------------------------------
-# Config: the defaults are the paper profile; tbpr/configs/ivt.yaml shrinks them for the CPU.
+# Config: the defaults are the paper profile; tbpr/papers/ivt/paper.yaml shrinks them for the CPU.
 # ----------------------------------------------------------------------------------------------
 def _paper_train() -> TrainConfig:
-    # §4.1: SGD 0.9, lr 5e-3 (biases 2×, see IVTConfig.bias_lr_factor), wd 1e-4, 120 epochs,
-    # 5-epoch linear warm-up from 1 % of the lr, cosine to 1e-5, FP16 autocast.
+    # Sec. 4.1: SGD, lr 5e-3, wd 1e-4, cosine decay; the official code adds momentum 0.9, biases at 2×
+    # (IVTConfig.bias_lr_factor), 120 epochs, 5-epoch linear warm-up from 1 % of the lr, cosine to
+    # 1e-5, FP16 autocast.
     return TrainConfig(epochs=120, optimizer="sgd", lr=5e-3, weight_decay=1e-4, momentum=0.9,
                        schedule="cosine", warmup_epochs=5, warmup_factor=0.01, min_lr=1e-5,
                        amp="fp16")
 
 
 def _paper_data() -> DataConfig:
-    # §4.1/§4.3: 7 identities × 4 pairs = 28 per GPU, pad-10 crop, flip, erasing 0.5, mean=std=0.5,
-    # three independently augmented views per image for MLA.
+    # Sec. 4.1: 28 pairs per GPU, flip and random crop; the official code: 7 identities × 4 pairs,
+    # pad-10 crop, erasing 0.5, mean=std=0.5; three independently augmented views per image for MLA.
     return DataConfig(image_size=(384, 128), batch_size=28, sampler="pk", num_instances=4,
                       flip=True, pad_crop=10, random_erasing=0.5, mean=(0.5, 0.5, 0.5),
                       std=(0.5, 0.5, 0.5), n_views=3, max_caption_len=100)
@@ -59,13 +62,13 @@ def _paper_data() -> DataConfig:
 
 @dataclass
 class IVTConfig(ModelConfig):
-    # unified encoder (ViT-B/16), §2.0 / §2.5
+    # unified encoder (ViT-B/16), Sec. 3.2 and 4.1
     embed_dim: int = 768
     depth: int = 12
     num_heads: int = 12
     mlp_ratio: float = 4.0
     patch_size: int = 16
-    patch_stride: int = 16  # gap G1: 16 gives the paper's 166.45 M; the official scripts use 12
+    patch_stride: int = 16  # 16 gives Table 5's 166.45 M; the official fine-tuning scripts use 12
     drop_path: float = 0.1
     ln_eps: float = 1e-6
     # BERT text embedding, Eq. (2)
@@ -74,18 +77,20 @@ class IVTConfig(ModelConfig):
     type_vocab_size: int = 2
     text_dropout: float = 0.1
     tokenizer: str | None = None  # BERT uncased WordPiece name/path; None = the offline copy
-    # initialisation (§2.6): timm / transformers name or local path; None = random init
+    # initialisation from ImageNet ViT + BERT (Sec. 4.2): timm / transformers name or local path;
+    # None = random init
     pretrained_vit: str | None = "vit_base_patch16_224.orig_in21k_ft_in1k"
     pretrained_bert: str | None = "bert-base-uncased"
     # the paper's switches (Table 4, Fig. 5)
     mla: bool = True
     bmm: bool = True
     mask_ratio: float = 0.3  # r of BMM (Fig. 5 best)
-    bmm_count: str = "uniform"  # gap G8: k ~ U{0..⌊rN⌋} (official) | "fixed" k = ⌊rN⌋
-    word_level: str = "nltk"  # gap G7: "nltk" adjective/noun chunks | "clause" random clauses
-    cmpm_q_norm: str = "l1"  # gap G5: "l1" (paper Eq. 6) | "l2" (official code)
+    bmm_count: str = "uniform"  # k ~ U{0..⌊rN⌋} (official code) | "fixed" k = ⌊rN⌋
+    # "nltk" adjective/noun chunks (Sec. 3.3) | "clause" random clauses (official code, ICFG/RSTPReid)
+    word_level: str = "nltk"
+    cmpm_q_norm: str = "l1"  # "l1" (paper Eq. 6) | "l2" (official code)
     bias_lr_factor: float = 2.0
-    # "Pre" (§3.2 / §4.2): start fine-tuning from a pre-trained IVT encoder
+    # "Pre" (Table 4, Sec. 4.1 corpora): start fine-tuning from a pre-trained IVT encoder
     pretrain: bool = True
     pretrain_checkpoint: str | None = None  # safetensors of a pre-trained IVT encoder
     pretrain_corpus: str | None = None  # CUHK-format root or "synthpedes:<profile>:<seed>"
@@ -116,7 +121,7 @@ class VisualEmbedding(nn.Module):
         self.patch_embed = nn.Conv2d(3, d, cfg.patch_size, cfg.patch_stride)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         self.pos_embed = nn.Parameter(torch.zeros(1, n_tokens, d))
-        self.type_embed = nn.Parameter(torch.zeros(1, n_tokens, d))  # gap G3: one row per position
+        self.type_embed = nn.Parameter(torch.zeros(1, n_tokens, d))  # f^v_type (Eq. 1): a row per position
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         patches = self.patch_embed(images).flatten(2).transpose(1, 2)  # row-major over the grid
@@ -144,7 +149,7 @@ class TextEmbedding(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# BMM: bidirectional mask modelling by token dropping (§2.4)
+# BMM: bidirectional mask modelling by token dropping (Sec. 3.3, as the official code)
 # ----------------------------------------------------------------------------------------------
 def bmm_keep_index(n_tokens: int, ratio: float, count: str = "uniform",
                    device=None) -> torch.Tensor:
@@ -163,7 +168,7 @@ def bmm_keep_index(n_tokens: int, ratio: float, count: str = "uniform",
 
 
 # ----------------------------------------------------------------------------------------------
-# Unified visual-textual encoder (§2.5): shared LN + MSA, modality-specific MLP experts
+# Unified visual-textual encoder (Sec. 3.2, Eqs. 3-4): shared LN + MSA, modality-specific MLP experts
 # ----------------------------------------------------------------------------------------------
 def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """Stochastic depth: drop the whole residual branch of a sample with probability p."""
@@ -230,12 +235,12 @@ class IVTBlock(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# MLA texts (§2.7): phrase level and word level, re-sampled every iteration
+# MLA texts (Sec. 3.3): phrase level and word level, re-sampled every iteration
 # ----------------------------------------------------------------------------------------------
 PERSON_WORDS = frozenset("""man woman person lady girl boy guy he she people picture image photo
 pedestrian child kid male female gentleman individual someone adult teenager men women""".split())
 # adjectives / participles then nouns: "black pants", "white striped shirt", "shoulder bag". VBG is
-# left out of the spec's tag set so that "wearing black pants" gives "black pants", not the verb.
+# left out of the tag set so that "wearing black pants" gives "black pants", not the verb.
 ATTRIBUTE_GRAMMAR = r"ATT: {<JJ.*|VBN>*<NN.*>+}"
 
 
@@ -326,7 +331,7 @@ class IVT(TBPRModel):
         return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
 
     def _bmm_keep(self, n_tokens: int, device) -> torch.Tensor | None:
-        """BMM's kept positions for this forward pass (§2.4); None when nothing is dropped."""
+        """BMM's kept positions for this forward pass (Sec. 3.3); None when nothing is dropped."""
         if self.training and self.cfg.bmm and self.cfg.mask_ratio > 0:
             return bmm_keep_index(n_tokens, self.cfg.mask_ratio, self.cfg.bmm_count, device)
         return None
@@ -341,7 +346,7 @@ class IVT(TBPRModel):
         return self.norm(z)
 
     def encode_tokens(self, z: torch.Tensor, modality: str, attention_mask=None) -> torch.Tensor:
-        """Shared encoder over embedded tokens; BMM drops tokens first in training (§2.4).
+        """Shared encoder over embedded tokens; BMM drops tokens first in training (Sec. 3.3).
         Returns Ẑ = LN_f(Z_L), [n, N - k, D] (the [CLS] output at index 0)."""
         return self._encode(z, modality, attention_mask, self._bmm_keep(z.shape[1], z.device))
 
@@ -349,7 +354,7 @@ class IVT(TBPRModel):
                            bucket_size: int = TEXT_BUCKET) -> torch.Tensor:
         """Text [CLS] outputs of a batch padded to one length T, computed in buckets of similar
         length, each cut to its own longest text. Equal to encoding the batch at T (the official
-        layout, §2.7): padding keys are masked out, and BMM draws its dropped positions over T once
+        layout, Sec. 3.3): padding keys are masked out, and BMM draws its dropped positions over T once
         and every bucket keeps those below its length. MLA's word- and phrase-level texts are
         about a third of a sentence's length, so most of a joint batch is padding."""
         z = self.text_embed(ids)
@@ -378,7 +383,7 @@ class IVT(TBPRModel):
 
     def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
         images, pids, captions = batch["images"], batch["pids"].to(self.device), list(batch["captions"])
-        if self.cfg.mla:  # §2.7: view 1 ↔ word level, view 2 ↔ phrase level, view 3 ↔ sentence
+        if self.cfg.mla:  # view 1 ↔ word level, view 2 ↔ phrase level, view 3 ↔ sentence
             if images.dim() != 5 or images.shape[1] != 3:
                 raise ValueError("IVT with mla=True needs three augmented views per image: "
                                  f"set data.n_views=3 (got images of shape {tuple(images.shape)})")
@@ -391,12 +396,13 @@ class IVT(TBPRModel):
             texts = captions
         f_img = self.encode_images(images.to(self.device))
         f_txt = self.encode_texts(texts)
-        with torch.autocast(self.device.type, enabled=False):  # CMPM in fp32 (gap G24)
+        with torch.autocast(self.device.type, enabled=False):  # CMPM in fp32 under FP16 training
             loss = cmpm_loss(f_img.float(), f_txt.float(), pids, q_norm=self.cfg.cmpm_q_norm)  # Eq. (7)
         return {"loss": loss, "cmpm": loss.detach()}
 
     def param_groups(self) -> list[dict]:
-        """``train.lr_mult`` prefixes as in the base class, and biases at ``bias_lr_factor``× (§4.1)."""
+        """``train.lr_mult`` prefixes as in the base class, and biases at ``bias_lr_factor``× (official
+        code)."""
         mults = dict(self.cfg.train.lr_mult or {})
         groups: dict[float, list] = {}
         for name, p in self.named_parameters():
@@ -409,7 +415,7 @@ class IVT(TBPRModel):
     # -- internals for the figures ----------------------------------------------------------------
     @torch.no_grad()
     def alignment_maps(self, images: torch.Tensor, texts: list[str]) -> torch.Tensor:
-        """Figs. 4/6: cos(f_txt, Ẑ^v_k) for every patch token k, as [n, h, w] grids (§7)."""
+        """Figs. 4/6: cos(f_txt, Ẑ^v_k) for every patch token k, as [n, h, w] grids (Sec. 4.4)."""
         patches = self.image_tokens(images.to(self.device))[:, 1:]
         f_txt = self.encode_texts(texts)
         sim = torch.einsum("nkd,nd->nk", F.normalize(patches, dim=-1), F.normalize(f_txt, dim=-1))
@@ -441,7 +447,7 @@ def _init_weights(module: nn.Module) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Initialisation from ImageNet ViT-B/16 + BERT (§2.6)
+# Initialisation from ImageNet ViT-B/16 + BERT (Sec. 4.2)
 # ----------------------------------------------------------------------------------------------
 def _state_dict(source: str, kind: str) -> dict[str, torch.Tensor]:
     path = Path(source)
@@ -505,7 +511,7 @@ def load_vit_bert(model: IVT, vit: str | None, bert: str | None) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# "Pre": ALBEF-style pre-training of the encoder (§3.2), cached per pre-training config
+# "Pre": ALBEF-style pre-training of the encoder (official code), cached per pre-training config
 # ----------------------------------------------------------------------------------------------
 class FusionLayer(nn.Module):
     """BERT-style fusion layer: text self-attention → cross-attention to visual tokens → FFN."""
@@ -566,7 +572,8 @@ class IVTPretrainer(TBPRModel):
         v = enc.image_tokens(images.to(dev))
         t = enc.encode_tokens(enc.text_embed(ids), "txt", mask)
         temp = self.temp.clamp(0.01, 1.0)
-        sim = F.normalize(v[:, 0], dim=-1) @ F.normalize(t[:, 0], dim=-1).T / temp  # gap G16
+        # L2-normalised as in ALBEF (the official code's ITC uses un-normalised features)
+        sim = F.normalize(v[:, 0], dim=-1) @ F.normalize(t[:, 0], dim=-1).T / temp
         loss_itc = itc_loss(sim, same)
         # ITM with one hard negative image per text and one hard negative text per image
         with torch.no_grad():

@@ -1,6 +1,7 @@
-"""How IVT trains beyond the shared loop: the optional "Pre" stage (§3.2: ITC + ITM + MLM with a
-fusion encoder, ``IVTPretrainer``) run once on its corpus and cached, whose encoder weights every
-``pretrain=True`` model starts from; and the explorer's text-to-patch cosine maps (Figs. 4/6)."""
+"""How IVT trains beyond the shared loop: the optional "Pre" stage (the official code's ITC + ITM +
+MLM with a fusion encoder, ``IVTPretrainer``) run once on its corpus and cached, whose encoder
+weights every ``pretrain=True`` model starts from; and the explorer's text-to-patch cosine maps
+(Figs. 4/6)."""
 from __future__ import annotations
 
 import random
@@ -96,7 +97,7 @@ def ensure_pretrained(cfg: IVTConfig) -> Path:
 
 
 def load_pretrained_encoder(model: IVT, path: Path) -> None:
-    """Copy every pre-trained parameter whose name and shape match (§4.2)."""
+    """Copy every pre-trained parameter whose name and shape match (as the official code does)."""
     own = model.state_dict()
     loaded = {k: v for k, v in load_file(str(path)).items() if k in own and own[k].shape == v.shape}
     if not loaded:

@@ -1,5 +1,5 @@
 """LGUR: Learning Granularity-Unified Representations for text-to-image person re-identification
-(Shao et al., ACM MM 2022). Spec: ``shared/specs/lgur.md``.
+(Shao et al., ACM MM 2022, arXiv 2207.07802; official code github.com/ZhiyinShao-H/LGUR).
 
 Captions are coarse ("a red jacket"), image patches are fine (the exact shade, the folds). LGUR closes
 this granularity gap in two steps on top of two independent encoders:
@@ -16,7 +16,9 @@ Retrieval: cosine of the concatenated, L2-normalised K part features; each side 
 
 Ablation switches (Tables 5-7): ``use_pgu``, ``recon_type`` (none | self_attn | unshared_dict |
 shared_dict), ``use_mask``, ``use_guidance``, ``share_prototypes``. Without PGU the parts are replaced
-by one global max-pooled part (spec §8-A14); without guidance the raw visual branch is V itself (A15).
+by one global max-pooled part (the paper does not define its baseline; an earlier baseline class
+of the official code max-pools); without guidance the raw visual branch is V itself, as in the
+official code's path without guidance features.
 """
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ from ...backbones import ResNetPatchTokens, ViTPatchTokens
 from ..base import TBPRModel
 
 RECON_TYPES = ("none", "self_attn", "unshared_dict", "shared_dict")
-# the official code trains 𝒟, 𝒫, ℳ, Trans and Trans_P with the backbone's 10× lower rate (spec §4)
+# the official code trains 𝒟, 𝒫, ℳ, Trans and Trans_P at the backbone's 10× lower rate (paper: 1e-3)
 CODE_LR_MULT = {"visual": 0.1, "dictionary": 0.1, "prototypes": 0.1, "mask_head": 0.1, "dga": 0.1,
                 "pgu": 0.1}
 
@@ -69,7 +71,7 @@ class LGURConfig(ModelConfig):
     dga_heads: int = 6
     dga_head_dim: int = 64
     dga_ffn: int = 768
-    # PGU (2 layers with 512-d heads as in the official code, spec §8-A5)
+    # PGU (2 layers with 512-d heads as in the official code; the paper suggests one layer like Eq. 1)
     num_prototypes: int = 6
     pgu_layers: int = 2
     pgu_heads: int = 6
@@ -84,11 +86,11 @@ class LGURConfig(ModelConfig):
     use_mask: bool = True
     use_guidance: bool = True
     share_prototypes: bool = True
-    visual_consistency_without_guidance: bool = True  # L_rank(f^v, f^v_𝒟) when G is off (A15)
+    visual_consistency_without_guidance: bool = True  # L_rank(f^v, f^v_𝒟) when G is off (official code)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         epochs=60, optimizer="adam", lr=1e-3, weight_decay=0.0, lr_mult=dict(CODE_LR_MULT),
         schedule="multistep", milestones=(20, 40, 50), gamma=0.1,
-        lr_epoch_offset=1))  # the code steps its scheduler at each epoch's start (spec §4)
+        lr_epoch_offset=1))  # the official code steps its scheduler at each epoch's start
     data: DataConfig = field(default_factory=lambda: DataConfig(
         image_size=(384, 128), batch_size=64, sampler="random", flip=True, pad_crop=10,
         max_caption_len=100))
@@ -106,8 +108,9 @@ class LGURConfig(ModelConfig):
 
 # ----------------------------------------------------------------------------- the shared block
 class CrossAttentionLayer(nn.Module):
-    """Pre-norm cross-attention + ReLU FFN with residuals (spec §2.4). One LayerNorm normalises both
-    the queries and the keys/values; no self-attention among the queries, no dropout."""
+    """Pre-norm cross-attention + ReLU FFN with residuals (Eq. 1, as in the official code). One
+    LayerNorm normalises both the queries and the keys/values; no self-attention among the queries,
+    no dropout."""
 
     def __init__(self, dim: int, heads: int, head_dim: int, ffn: int):
         super().__init__()
@@ -244,7 +247,7 @@ class LGUR(TBPRModel):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        self.text_encoder.eval()  # frozen: never dropout (spec §8-A4)
+        self.text_encoder.eval()  # frozen: never dropout (the official code's train() turns it back on)
         return self
 
     @property
@@ -287,7 +290,7 @@ class LGUR(TBPRModel):
         lengths = torch.tensor([len(f) for f in feats])
         E = pad_sequence(feats, batch_first=True).to(self.device, torch.float32)
         pi = (torch.arange(E.shape[1])[None, :] < lengths[:, None]).to(self.device)
-        # Equal to the spec's packed run at every real position, at a third of its CPU cost: with no
+        # Equal to a packed run at every real position, at a third of its CPU cost: with no
         # bias, an LSTM fed zero vectors from a zero state stays exactly zero, so the backward
         # direction starts each caption at its last real token as if the padding were not there.
         out = self.bilstm(E)[0] * pi[..., None]
@@ -352,7 +355,7 @@ class LGUR(TBPRModel):
             f_v, f_t = self.unify(V)[0], self.unify(T, pi, text=True)[0]
             return self._total({"id": self._id(f_v, f_t, pids), "rank": self._rank(f_v, f_t, pids)})
         M = self.foreground_mask(V)
-        # the raw visual branch: text-guided rebuild V_T with G, V itself without (A15)
+        # the raw visual branch: text-guided rebuild V_T with G, V itself without (official code)
         V_raw = self.text_guided_visual(V, M, T, pi) if cfg.use_guidance else V
         # each modality's two branches go through PGU as one batch (same prototypes, same key mask)
         f_t, f_t_D = self._unify_pair(T, self.reconstruct_text(T, pi)[0], pi, text=True)

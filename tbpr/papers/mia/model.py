@@ -16,7 +16,8 @@ text path and global visual FC with the CNN frozen; step 2 everything of GC + RG
 matching losses; step 3 only the two BFM MLPs with the BFM matching losses. ``stages()`` /
 ``enter_stage()`` give ``tbpr.experiments`` that recipe. RGA and BFM scores depend on the pair, so
 scoring is pairwise, computed from Gram matrices in query chunks (``pairwise_scores``).
-Spec: ``shared/specs/mia.md``; the "Decision" notes there resolve what the paper leaves open.
+Where the paper leaves a detail open (MLP widths, the noun-phrase grammar, which modules are
+frozen in which step), the comment beside the choice says it is ours.
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ GRANULARITIES = ("G", "I", "T", "P", "N")
 
 @dataclass
 class MIAConfig(ModelConfig):
-    """Defaults = the paper (VGG-16 profile); ``configs/mia.yaml`` shrinks them for CPU and lists
+    """Defaults = the paper (VGG-16 profile); ``tbpr/papers/mia/paper.yaml`` shrinks them for CPU and lists
     every ablation row of Tables II-IX as an override."""
     # visual CNN (Sec. IV-A): vgg16 | resnet50 | vgg_mini (the CPU trunk)
     cnn: str = "vgg16"
@@ -55,7 +56,7 @@ class MIAConfig(ModelConfig):
     embed_dim: int = 1024  # V = C = G = P = N
     word_dim: int = 300  # E
     gru_hidden: int = 1024  # H per direction
-    mlp_hidden: int = 1024  # hidden width of the four MLPs (spec A3)
+    mlp_hidden: int = 1024  # hidden width of the four MLPs (not given in the paper; ours)
     vocab_size: int = 9410  # 9,408 CUHK-PEDES words + <pad> + <unk>; replaced by the data's vocabulary
     num_classes: int = 11003  # training identities; replaced by the data's
     # granularities (Table I): turning one off removes its modules
@@ -63,8 +64,8 @@ class MIAConfig(ModelConfig):
     rga: bool = True
     bfm: str = "step3"  # step3 (MIA) | joint (trained with RGA in step 2) | off
     phrases: str = "noun_phrases"  # noun_phrases | all_words (Table VI)
-    part_bn_relu: bool = False  # PCB-style BN + ReLU after the 1x1 part conv (spec A2)
-    tau: float = 1.0  # softmax temperature on cosine logits (spec A4)
+    part_bn_relu: bool = False  # PCB-style BN + ReLU after the 1x1 part conv (the paper has none)
+    tau: float = 1.0  # softmax temperature on cosine logits (the paper's equations have none)
     margin: float = 0.2  # alpha of Eq. 20
     # scoring (Eq. 18; evaluation only): F = fused, G / R / L = one granularity (Tables II, III)
     score: str = "F"
@@ -207,7 +208,7 @@ class MIA(TBPRModel):
         # RGA (Sec. III-B2)
         self.mlp_v_rga = mlp(cfg.part_dim, cfg.mlp_hidden, d) if cfg.rga else None
         self.mlp_t_rga = mlp(d, cfg.mlp_hidden, d) if cfg.rga else None
-        # stage-0 head of the CPU stand-in for ImageNet pretraining (spec 9.3), thrown away after
+        # stage-0 head of the CPU stand-in for ImageNet pretraining, thrown away after
         self.surrogate_head = nn.Linear(c_f, cfg.num_classes) if cfg.cnn_init == "surrogate" else None
         # BFM (Sec. III-B3), built last so that MIA and GC + RGA start from the same weights
         self.mlp_v_bfm = mlp(cfg.part_dim, cfg.mlp_hidden, d) if cfg.bfm != "off" else None
@@ -343,7 +344,7 @@ class MIA(TBPRModel):
 
     # ------------------------------------------------------------------ training (Sec. III-C)
     def trainable_modules(self, step: int) -> set[str]:
-        """Top-level modules that step ``step`` trains (Sec. 2.12 of the spec)."""
+        """Top-level modules that step ``step`` trains (the step training strategy, Eqs. 21-23)."""
         present = {name for name, _ in self.named_children()}
         if step == 0:
             wanted = {"cnn", "surrogate_head"}
@@ -370,7 +371,7 @@ class MIA(TBPRModel):
     def train(self, mode: bool = True):
         super().train(mode)
         for name in self._frozen if mode else ():
-            getattr(self, name).eval()  # frozen BN statistics do not drift (spec A14)
+            getattr(self, name).eval()  # frozen BN statistics do not drift: step 3 keeps GC + RGA's scores
         return self
 
     def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
@@ -410,8 +411,8 @@ class MIA(TBPRModel):
 
 @functools.lru_cache(maxsize=1 << 18)
 def caption_phrases(caption: str, mode: str = "noun_phrases") -> tuple[tuple[int, int, str], ...]:
-    """The "phrases" of a caption (char start, char end, text): its noun phrases (spec 4.4, NLTK
-    grammar, leading determiner dropped) or, for Table VI, every word (start = end = -1)."""
+    """The "phrases" of a caption (char start, char end, text): its noun phrases (NLTK tags, our
+    chunk grammar, leading determiner dropped) or, for Table VI, every word (start = end = -1)."""
     if mode == "all_words":
         return tuple((-1, -1, w) for w in word_tokenize(caption))
     spans = []

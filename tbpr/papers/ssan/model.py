@@ -1,5 +1,5 @@
 """SSAN: Semantically Self-Aligned Network for text-to-image part-aware person re-identification
-(Ding, Ding, Shao, Tao, arXiv:2107.12666, 2021). Spec: ``shared/specs/ssan.md``.
+(Ding, Ding, Shao, Tao, arXiv:2107.12666, 2021; official code github.com/zifyloo/SSAN).
 
 A dual encoder, read top to bottom:
 
@@ -15,7 +15,8 @@ A dual encoder, read top to bottom:
 Training: ID losses with classifiers shared by both modalities plus the compound ranking (CR) loss,
 whose weak terms use D', a caption of another image of the same identity (Eq. 19-21), weighted
 1 / 0.5 / 0.5 for the global / PFL / MV-NLN features. Where the official code differs from the paper
-the default follows the code and a config field selects the paper's form (spec §8).
+the default follows the code (which produced the published numbers) and a config field selects the
+paper's form.
 """
 from __future__ import annotations
 
@@ -39,19 +40,19 @@ HASH_ROWS = 1000  # embedding rows of a model built without training captions (v
 
 @dataclass
 class SSANConfig(ModelConfig):
-    """Defaults = the paper profile (ResNet-50, CUHK-PEDES); ``configs/ssan.yaml`` shrinks it."""
-    # visual backbone (§2.2)
+    """Defaults = the paper profile (ResNet-50, CUHK-PEDES); ``tbpr/papers/ssan/paper.yaml`` shrinks it."""
+    # visual backbone (Sec. 3.1)
     backbone: str = "resnet50"  # resnet50 | strided_cnn (CPU profiles)
     pretrained: str | None = None  # "resnet50.tv_in1k" (or a local file) = the paper's ImageNet init
     cnn_widths: tuple[int, ...] = (32, 64, 64, 128, 128)  # strided_cnn only; last = hidden_dim
     cnn_strides: tuple[int, ...] = (2, 2, 1, 2, 1)
-    # textual backbone (§2.3)
+    # textual backbone (Sec. 3.1)
     vocab_size: int = 5000  # rows of each word-embedding table (the code's 5,000); 0 = fit the vocabulary
-    min_word_count: int = 2  # A1: training words seen at least twice
+    min_word_count: int = 2  # official code (paper: "more than twice"): words seen twice or more
     embed_dim: int = 512  # V
     hidden_dim: int = 2048  # C: Bi-LSTM hidden per direction = CNN channels
     embed_dropout: float = 0.3
-    separate_word_emb: bool = True  # A5: W_e^g and W_e^l (code); False = one table (paper)
+    separate_word_emb: bool = True  # W_e^g and W_e^l (official code); False = one table (paper)
     # heads
     num_parts: int = 6  # K
     feat_dim: int = 1024  # M
@@ -62,9 +63,9 @@ class SSANConfig(ModelConfig):
     use_pfl: bool = True
     mvnln: str = "full"  # full | conv1x1 (only W_n, "+PFL+1×1 Conv") | none
     share_global_proj: bool = True  # W_g shared by both modalities (in-text ablation: separate)
-    global_rmp_include_pad: bool = True  # A8: code max-pools over padding zeros; False = paper
-    pfl_act: str = "leaky0.25"  # A10: LReLU after W_l (code) | none (paper Eq. 10/11)
-    # losses (§3)
+    global_rmp_include_pad: bool = True  # official code max-pools over padding zeros; False = paper
+    pfl_act: str = "leaky0.25"  # LReLU after W_l (official code) | none (paper Eq. 10/11)
+    # losses (Sec. 4)
     loss_weights: tuple[float, float, float] = (1.0, 0.5, 0.5)  # global, PFL, MV-NLN
     cr_alpha1: float = 0.2
     cr_beta: float = 0.1  # 0 = the ordinary ranking loss (no weak terms, no D')
@@ -73,7 +74,7 @@ class SSANConfig(ModelConfig):
     cr_warmup_epochs: int = 5
     cr_min_margin: float = 0.16
     cr_variant: str = "official"  # official (code) | paper (Eq. 19-21 as printed)
-    neg_mining: str = "semi_hard_random"  # A15: code | hardest (paper)
+    neg_mining: str = "semi_hard_random"  # official code | hardest (paper, Eq. 18)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         epochs=60, optimizer="adam", lr=1e-3, weight_decay=0.0, betas=(0.9, 0.999),
         lr_mult={"visual.": 0.1}, schedule="multistep", milestones=(20, 40), gamma=0.1))
@@ -102,7 +103,7 @@ class PartLinear(nn.Module):
 
 
 class MultiViewNonLocal(nn.Module):
-    """MV-NLN (§3.3, Eq. 13-16), shared by both modalities: part k attends to the other K-1 parts
+    """MV-NLN (Sec. 3.3.2, Eq. 13-16), shared by both modalities: part k attends to the other K-1 parts
     through per-part projections θ^k, φ^i, aggregates them with W_γ^k and adds a residual."""
 
     def __init__(self, parts: int, dim: int, embed_dim: int, out_dim: int):
@@ -160,28 +161,28 @@ class SSAN(TBPRModel):
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))  # saved: resume-safe
         self._token_cache: dict[str, list[int]] = {}
 
-        # §2.2 visual backbone
+        # Sec. 3.1 visual backbone
         if cfg.backbone == "resnet50":
             self.visual = resnet50_trunk(cfg.pretrained)
         else:
             self.visual = StridedCNN(cfg.cnn_widths, cfg.cnn_strides)
-        # §2.3 textual backbone: two word-embedding tables (A5) and one shared bias-free Bi-LSTM
+        # Sec. 3.1 textual backbone: two word-embedding tables (official code), one shared bias-free Bi-LSTM
         self.word_emb_global = nn.Embedding(rows, cfg.embed_dim, padding_idx=0)  # W_e^g
         self.word_emb_local = (nn.Embedding(rows, cfg.embed_dim, padding_idx=0)  # W_e^l
                                if cfg.separate_word_emb else None)
         self.embed_dropout = nn.Dropout(cfg.embed_dropout)
         self.bilstm = nn.LSTM(cfg.embed_dim, C, num_layers=1, bias=False, batch_first=True,
                               bidirectional=True)
-        # §2.4 global branch: W_g shared by both modalities (Eq. 5, 6)
+        # Sec. 3.2 global branch: W_g shared by both modalities (Eq. 5, 6)
         self.W_g = nn.Linear(C, M, bias=False)
         self.W_g_text = None if cfg.share_global_proj else nn.Linear(C, M, bias=False)
-        # §2.5 PFL: WAM W_p (Eq. 8) and the per-part projection W_l^k shared by both modalities
+        # Sec. 3.3.1 PFL: WAM W_p (Eq. 8) and the per-part projection W_l^k shared by both modalities
         self.wam = nn.Linear(C, K, bias=False) if cfg.use_pfl else None
         self.W_l = PartLinear(K, C, M) if cfg.use_pfl else None
-        # §2.6 PRL
+        # Sec. 3.3.2 PRL
         relation = {"full": MultiViewNonLocal, "conv1x1": PartConv1x1}.get(cfg.mvnln)
         self.mvnln = relation(K, M, cfg.nln_embed_dim, cfg.nln_out_dim) if relation else None
-        # §3.1 ID classifiers, shared by both modalities (training only)
+        # Sec. 4 ID classifiers, shared by both modalities (training only)
         dims = {"g": (1, M), "l": (K, M), "n": (K, cfg.nln_out_dim)}
         self.classifier = nn.ModuleDict(
             {f: PartLinear(dims[f][0], dims[f][1], cfg.num_classes, bias=True) for f in self.feature_types})
@@ -279,7 +280,7 @@ class SSAN(TBPRModel):
         E_g, E_l = self.word_features(ids, lengths)
         valid = (ids > 0)[..., None]
         rmp = E_g.masked_fill(~valid, float("-inf")).amax(dim=1)  # RMP over the n words
-        if self.cfg.global_rmp_include_pad:  # A8: the code's max also sees the padding zeros
+        if self.cfg.global_rmp_include_pad:  # the official code's max also sees the padding zeros
             padded = (lengths < self.cfg.data.max_caption_len).to(rmp.device)[:, None]
             rmp = torch.where(padded, rmp.clamp(min=0), rmp)
         feats = {"g": (self.W_g_text or self.W_g)(rmp)}  # Eq. 6
@@ -317,7 +318,7 @@ class SSAN(TBPRModel):
 
     # ---- training ---------------------------------------------------------------------------
     def sample_cross_captions(self, batch: dict) -> tuple[list[str], torch.Tensor]:
-        """D'_b: a caption of another image of b's identity, drawn uniformly each step (A19);
+        """D'_b: a caption of another image of b's identity, drawn uniformly each step (official code);
         anchors without one keep their own caption and are masked out of the weak terms."""
         out, valid = [], []
         for caption, i in zip(batch["captions"], batch["image_idx"].tolist()):
@@ -343,13 +344,13 @@ class SSAN(TBPRModel):
         for f, weight in zip(self.feature_types, cfg.loss_weights):
             head = self.classifier[f]
             out[f"id_{f}"] = sum(id_loss(head(_parts(x)).flatten(0, 1), pids.repeat_interleave(
-                head.weight.shape[0])) for x in (image[f], text[f]))  # §3.1, mean over parts
+                head.weight.shape[0])) for x in (image[f], text[f]))  # Sec. 4, mean over parts
             out[f"cr_{f}"] = compound_ranking_loss(
                 image[f], text[f], cross_text.get(f), pids, alpha1=cfg.cr_alpha1, beta=cfg.cr_beta,
                 margin=cfg.cr_margin, fixed_alpha2=cfg.cr_fixed_alpha2, warmup=warmup,
                 min_margin=cfg.cr_min_margin, variant=cfg.cr_variant, mining=cfg.neg_mining,
                 weak_valid=weak_valid)
-            total = total + weight * (out[f"id_{f}"] + out[f"cr_{f}"])  # §3.5
+            total = total + weight * (out[f"id_{f}"] + out[f"cr_{f}"])  # weights 1 / 0.5 / 0.5 (Sec. 4)
         if self.training:
             self.steps_done += 1
         return {"loss": total, **out}
