@@ -9,9 +9,13 @@ that keys every cached result, and the per-item feature cache.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import hashlib
+import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -41,6 +45,81 @@ def code_version(model: str | None = None) -> str:
             digest.update(rel.as_posix().encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
+
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+
+def data_fingerprint(root) -> str:
+    """What a run's result depends on in a dataset folder, cheaply: the bytes of its annotation
+    files (``*.json`` at the top) and the path and size of every image under it. A run cache keyed
+    by it can never return a result computed on other data (a cut test split, a replaced image)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data root {root} does not exist or is not a folder; pass the folder "
+                                "holding the dataset's annotation file and images")
+    return _fingerprint(str(root), _annotation_signature(root))
+
+
+def _annotation_signature(root: Path) -> tuple:
+    return tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.glob("*.json")))
+
+
+@functools.lru_cache(maxsize=16)
+def _fingerprint(root: str, signature: tuple) -> str:
+    digest = hashlib.sha256()
+    for name, *_ in signature:
+        digest.update(name.encode())
+        digest.update((Path(root) / name).read_bytes())
+    for dirpath, dirnames, filenames in sorted(os.walk(root)):
+        dirnames.sort()
+        for name in sorted(filenames):
+            if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                path = os.path.join(dirpath, name)
+                digest.update(f"{os.path.relpath(path, root)}|{os.path.getsize(path)}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def write_json(path, obj) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically (a temp file of this process, then a rename), so
+    a crash or a concurrent writer never leaves a half-written file behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def read_json(path) -> dict | None:
+    """The JSON object at ``path``; None if it is missing, or if it cannot be read (then it is
+    reported and removed, so the entry is recomputed instead of failing every later run)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        value = json.loads(path.read_text())
+        if not isinstance(value, dict):
+            raise ValueError(f"expected an object, found {type(value).__name__}")
+        return value
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        warnings.warn(f"cache entry {path} is unreadable ({err}); removed, it will be recomputed",
+                      stacklevel=2)
+        path.unlink(missing_ok=True)
+        return None
+
+
+@contextlib.contextmanager
+def locked(folder):
+    """Hold an exclusive lock on ``folder`` (a run's cache directory) for the block: a second
+    process asking for the same run waits, then finds the first one's result in the cache."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 _SHARED_FEATURES: dict[tuple[str, str], dict[str, torch.Tensor]] = {}

@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 
 from .bench import main as bench_main
 from .config import PROFILES, parse_overrides
+from .data.formats import DatasetError
 from .evaluate import evaluate
 from .experiments import load_records, load_trained, resolve_data_root, run
-from .papers import count_parameters, create_model, get_config, parameter_table
+from .papers import MODEL_NAMES, count_parameters, create_model, get_config, parameter_table
 from .reproduce import run_notebooks
 from .summary import update_readme, write_summary
 from .synthpedes import main as synth_main
@@ -23,8 +25,8 @@ def cmd_train(args) -> None:
     result = run(args.model, args.profile, parse_overrides(args.set), dataset=args.dataset,
                  data_root=args.data_root, seed=args.seed, device=args.device,
                  rerank_k=args.rerank_k, cache=not args.no_cache)
-    print(json.dumps({"run_dir": result.run_dir, "train_seconds": round(result.train_seconds, 1),
-                      **result.metrics}, indent=1))
+    return json.dumps({"run_dir": result.run_dir, "train_seconds": round(result.train_seconds, 1),
+                       **result.metrics}, indent=1)
 
 
 def cmd_eval(args) -> None:
@@ -33,7 +35,7 @@ def cmd_eval(args) -> None:
     model = load_trained(args.model, cfg, args.checkpoint)
     metrics = evaluate(model.to(args.device), records[args.split], model.cfg.data,
                        device=args.device, rerank_k=args.rerank_k)
-    print(json.dumps(metrics, indent=1))
+    return json.dumps(metrics, indent=1)
 
 
 def cmd_bench(args) -> None:
@@ -59,7 +61,7 @@ def cmd_params(args) -> None:
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="mia | ssan | lgur | ivt | cada")
+    p.add_argument("model", choices=MODEL_NAMES, help="the paper's model")
     p.add_argument("--profile", default="quick", choices=PROFILES)
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="config overrides (dotted keys)")
 
@@ -69,7 +71,7 @@ def _data_args(p: argparse.ArgumentParser) -> None:
                    choices=["synthpedes", "cuhk-pedes", "icfg-pedes", "rstpreid"])
     p.add_argument("--data-root", default=None, help="dataset folder (default: rendered SynthPedes)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--rerank-k", type=int, default=0, help="re-rank each query's top-k (CADA, MIA)")
+    p.add_argument("--rerank-k", type=int, default=0, help="re-rank each query's top-k (CADA)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,17 +121,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+    """Run one command. Its JSON answer (train, eval) is the only thing on stdout, so
+    ``tbpr train ... | jq`` works; progress and data statistics go to stderr. A mistake in the
+    arguments, the data or a setting is one line on stderr and exit status 2 (``--debug`` shows
+    the traceback instead)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
-    if argv and argv[0] in PASS_THROUGH:  # their own parsers handle every option, --help included
-        args = argparse.Namespace(rest=argv[1:])
-        PASS_THROUGH[argv[0]](args)
-        return
-    args = parser.parse_args(argv)
-    args.func(args)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            if argv and argv[0] in PASS_THROUGH:  # their own parsers handle every option, --help included
+                PASS_THROUGH[argv[0]](argparse.Namespace(rest=argv[1:]))
+                return
+            args = parser.parse_args(argv)
+            answer = args.func(args)
+    except USER_ERRORS as err:
+        if debug:
+            raise
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"tbpr {argv[0] if argv else ''}: error: {message} (--debug shows where)", file=sys.stderr)
+        raise SystemExit(2) from None
+    if answer is not None:
+        print(answer)
 
 
 PASS_THROUGH = {"synth": cmd_synth, "bench": cmd_bench}
+# what a user can cause and fix: the message says what and how; anything else is a bug to report
+USER_ERRORS = (ValueError, KeyError, TypeError, FileNotFoundError, NotADirectoryError, DatasetError)
 
 
 if __name__ == "__main__":

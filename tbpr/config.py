@@ -7,13 +7,20 @@ under ``ablations``, every ablation row of the paper as an override (read by ``t
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+import typing
 from typing import Any
 
 import yaml
+
+
+@functools.lru_cache(maxsize=None)
+def _field_types(cls) -> dict:
+    return typing.get_type_hints(cls)
 
 PROFILES = ("paper", "quick", "smoke")
 
@@ -79,11 +86,31 @@ def from_dict(cls, d: dict):
     return apply_overrides(cls(), d)
 
 
-def _coerce(old, new):
+def _coerce(old, new, kind, where: str):
+    """``new`` as the declared type ``kind`` of the field; a value of another kind is refused, naming
+    the field (``train.lr=abc``, ``train.epochs=1.5``, ``flip=3``), instead of failing deep in
+    training."""
+    args = typing.get_args(kind)
+    if type(None) in args:  # Optional[X]: None, or an X
+        if new is None:
+            return None
+        rest = [a for a in args if a is not type(None)]
+        kind = rest[0] if len(rest) == 1 else None
     if isinstance(old, tuple) and isinstance(new, (list, tuple)):
         return tuple(new)
-    if isinstance(old, float) and isinstance(new, int) and not isinstance(new, bool):
+    if kind is bool:
+        if not isinstance(new, bool):
+            raise TypeError(f"{where}={new!r}: expects true or false")
+    elif kind is int:
+        if isinstance(new, bool) or not (isinstance(new, int) or (isinstance(new, float) and new.is_integer())):
+            raise TypeError(f"{where}={new!r}: expects a whole number")
+        return int(new)
+    elif kind is float:
+        if isinstance(new, bool) or not isinstance(new, (int, float)):
+            raise TypeError(f"{where}={new!r}: expects a number")
         return float(new)
+    elif kind is str and not isinstance(new, str):
+        raise TypeError(f"{where}={new!r}: expects a string")
     return new
 
 
@@ -104,6 +131,7 @@ def apply_overrides(cfg, overrides: dict | None):
         else:
             nested[head] = value
     names = {f.name for f in dataclasses.fields(cfg)}
+    hints = _field_types(type(cfg))
     changes = {}
     for key, value in nested.items():
         if key not in names:
@@ -113,7 +141,7 @@ def apply_overrides(cfg, overrides: dict | None):
         if dataclasses.is_dataclass(old) and isinstance(value, dict):
             changes[key] = apply_overrides(old, value)
         else:
-            changes[key] = _coerce(old, value)
+            changes[key] = _coerce(old, value, hints.get(key), f"{type(cfg).__name__}.{key}")
     return dataclasses.replace(cfg, **changes)
 
 

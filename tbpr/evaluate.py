@@ -42,6 +42,13 @@ def _id_tensors(query_pids, gallery_pids) -> tuple[torch.Tensor, torch.Tensor]:
             raise ValueError(f"{name} is empty: retrieval needs at least one query and one "
                              "gallery image (is the split empty?)")
         arrays.append(arr)
+    kinds = {"text" if a.dtype.kind in "USO" and any(isinstance(v, str) for v in a.tolist()) else
+             "number" for a in arrays}
+    if len(kinds) > 1 or any(a.dtype.kind == "O" and len({type(v) for v in a.tolist()}) > 1 for a in arrays):
+        raise TypeError("query_pids and gallery_pids mix text and numeric ids, so '1' and 1 would be "
+                        "matched by their spelling; convert both to one type first")
+    if any(a.dtype.kind == "f" and not np.all(np.mod(a, 1) == 0) for a in arrays):
+        raise TypeError("person ids must be whole numbers or strings, got fractional floats")
     _, codes = np.unique(np.concatenate(arrays), return_inverse=True)
     codes = torch.from_numpy(codes.astype(np.int64))
     return codes[: len(arrays[0])], codes[len(arrays[0]):]
@@ -64,6 +71,9 @@ def _check_block(block: torch.Tensor, rows: slice, num_gallery: int, what: str) 
                          f"expected {expected} = (queries in the slice, len(gallery_pids)); check that "
                          "rows are queries and columns gallery items (for image-to-text pass "
                          "similarity.T with the id arrays swapped, or use i2t_metrics)")
+    if block.dtype in (torch.float16, torch.bfloat16):
+        raise TypeError(f"{what} is {block.dtype}: at half precision near scores round to ties, which "
+                        "changes R1; compute the similarity in float32 (e.g. .float() on the features)")
     if block.is_floating_point() and not torch.isfinite(block).all():
         bad = (~torch.isfinite(block)).nonzero()[0].tolist()
         raise ValueError(f"{what} contains NaN or inf (first at query {rows.start + bad[0]}, "

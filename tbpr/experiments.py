@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import multiprocessing
 import os
 import shutil
 import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from tqdm.auto import tqdm
 
-from .cache import cache_dir, code_version
+from .cache import cache_dir, code_version, data_fingerprint, locked, read_json, write_json
 from .config import config_hash, to_dict
 from .data.datasets import build_train_loader
 from .data.formats import load
@@ -62,11 +63,17 @@ class Result:
         return model.to(device).eval()
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self), indent=1, default=str))
+        write_json(path, asdict(self))
 
     @classmethod
-    def read(cls, path: Path) -> "Result":
-        return cls(**json.loads(path.read_text()))
+    def read(cls, path: Path) -> "Result | None":
+        """The result saved at ``path``; None when missing or unreadable (then recomputed)."""
+        saved = read_json(path)
+        try:
+            return cls(**saved) if saved is not None else None
+        except TypeError as err:  # written by another version of Result
+            warnings.warn(f"cache entry {path} does not hold a result ({err}); it will be recomputed")
+            return None
 
 
 def resolve_data_root(dataset: str, data_root, profile: str):
@@ -143,10 +150,29 @@ def run_spec(model: str, profile: str, overrides: dict | None, dataset: str, dat
     the resolved config is hashed)."""
     cfg = get_config(model, profile, overrides)
     root = resolve_data_root(dataset, data_root, profile)
+    # keyed by the data's content, not its path: other data never returns this run's result
     spec = {"model": model, "profile": profile, "config": to_dict(cfg), "dataset": dataset,
-            "data_root": str(root), "seed": seed, "device": str(device).split(":")[0],
+            "data": data_fingerprint(root), "seed": seed, "device": str(device).split(":")[0],
             "code": code_version(model)}
-    return cfg, {**spec, "overrides": overrides or {}}, f"{model}-{profile}-{config_hash(spec)}"
+    key = f"{model}-{profile}-{config_hash(spec)}"
+    return cfg, {**spec, "data_root": str(root), "overrides": overrides or {}}, key
+
+
+def check_run_settings(cfg, seed, device: str, stages) -> None:
+    """Settings that would train nothing, or something other than asked, are refused before any
+    work, naming the setting and what it accepts."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed={seed!r}: give a whole number >= 0")
+    for stage, train_cfg in stages:
+        epochs = train_cfg.epochs
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            where = "train.epochs" if len(stages) == 1 else f"the epochs of stage {stage!r}"
+            raise ValueError(f"{where}={epochs!r}: give a whole number of epochs >= 1")
+    batch = cfg.data.batch_size
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"data.batch_size={batch!r}: give a whole number >= 1")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but no CUDA GPU is visible to torch; use device='cpu'")
 
 
 def run(model: str, profile: str = "quick", overrides: dict | None = None, *,
@@ -161,25 +187,47 @@ def run(model: str, profile: str = "quick", overrides: dict | None = None, *,
     """
     cfg, spec, key = run_spec(model, profile, overrides, dataset, data_root, seed, device)
     root = spec["data_root"]
+    if not cache:  # train from scratch in a folder of its own; the cached run stays as it was
+        run_dir = cache_dir() / "experiments" / "uncached" / f"{key}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        return _train_and_evaluate(model, cfg, spec, key, run_dir, root, dataset, seed, device, rerank_k,
+                                   progress, trained=None)
     run_dir = cache_dir() / "experiments" / key
     result_path = run_dir / (f"result-rerank{rerank_k}.json" if rerank_k else "result.json")
-    trained_path = run_dir / "trained.json"
-    if cache and result_path.exists():
-        return Result.read(result_path)
-
-    if cache_only and not trained_path.exists():
+    done = Result.read(result_path)
+    if done is not None:
+        return done
+    if cache_only and read_json(run_dir / "trained.json") is None:
         return None
+    with locked(run_dir):  # a second process on this key waits here, then reuses what the first made
+        done = Result.read(result_path)
+        if done is not None:
+            return done
+        return _train_and_evaluate(model, cfg, spec, key, run_dir, root, dataset, seed, device, rerank_k,
+                                   progress, trained=read_json(run_dir / "trained.json"))
+
+
+def _train_and_evaluate(model, cfg, spec, key, run_dir: Path, root, dataset, seed, device, rerank_k,
+                        progress, trained: dict | None) -> Result:
+    """Train (unless ``trained`` holds the record of a finished training in ``run_dir``), evaluate,
+    and save the result in ``run_dir``."""
+    check_rerank_k(rerank_k)
     records = load_records(dataset, root)
-    if cache and trained_path.exists():
-        trained = json.loads(trained_path.read_text())
-        net = Result(key, spec, {}, [], 0.0, 0.0, str(run_dir)).load_model(device)
-    else:
+    result_path = run_dir / (f"result-rerank{rerank_k}.json" if rerank_k else "result.json")
+    if trained is not None:
+        try:
+            net = Result(key, spec, {}, [], 0.0, 0.0, str(run_dir)).load_model(device)
+        except (ValueError, FileNotFoundError) as err:  # damaged or missing weights: train again
+            warnings.warn(f"cached run {run_dir} cannot be loaded ({err}); training it again")
+            trained = None
+    if trained is None:
+        # the stages read only the config, so they are checked before any work (a warm start included)
+        check_run_settings(cfg, seed, device, recipe(model).stages(SimpleNamespace(cfg=cfg)))
         seed_everything(seed)
         net = build_model(model, cfg, records["train"]).to(device)
         start = time.perf_counter()
         history = _train(net, model, records, net.cfg, run_dir, seed, device, progress)
         trained = {"history": history, "train_seconds": time.perf_counter() - start}
-        trained_path.write_text(json.dumps(trained, default=str))
+        write_json(run_dir / "trained.json", trained)
     start = time.perf_counter()
     metrics = evaluate(net, records["test"], net.cfg.data, device=device, rerank_k=rerank_k,
                        progress=progress)
@@ -188,6 +236,12 @@ def run(model: str, profile: str = "quick", overrides: dict | None = None, *,
                     eval_seconds=time.perf_counter() - start, run_dir=str(run_dir))
     result.save(result_path)
     return result
+
+
+def check_rerank_k(rerank_k) -> None:
+    if isinstance(rerank_k, bool) or not isinstance(rerank_k, int) or rerank_k < 0:
+        raise ValueError(f"rerank_k={rerank_k!r}: give 0 (no re-ranking) or the number of top "
+                         "gallery images to re-rank (e.g. 32)")
 
 
 def default_workers(device: str = "cpu") -> int:
