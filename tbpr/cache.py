@@ -20,15 +20,12 @@ from pathlib import Path
 
 import torch
 
+from .config import cache_dir
+
 PACKAGE_DIR = Path(__file__).parent
 PAPERS = ("mia", "ssan", "lgur", "ivt", "cada")  # the papers, in the order they appeared
 # modules that cannot change a trained model or its metrics: editing them keeps the cache valid
 PRESENTATION = {"bench.py", "cli.py", "explorer.py", "reproduce.py", "summary.py", "viz"}
-
-
-def cache_dir() -> Path:
-    """Root of everything tbpr caches: ``$TBPR_CACHE``, default ``~/.cache/tbpr``."""
-    return Path(os.environ.get("TBPR_CACHE", Path.home() / ".cache" / "tbpr"))
 
 
 @functools.lru_cache(maxsize=None)

@@ -18,7 +18,9 @@ from .synthpedes import main as synth_main
 
 
 def cmd_synth(args) -> None:
-    synth_main(args.rest)
+    status = synth_main(args.rest)
+    if status:
+        raise SystemExit(status)
 
 
 def cmd_train(args) -> None:
@@ -148,7 +150,8 @@ def main(argv: list[str] | None = None) -> None:
 
 PASS_THROUGH = {"synth": cmd_synth, "bench": cmd_bench}
 # what a user can cause and fix: the message says what and how; anything else is a bug to report
-USER_ERRORS = (ValueError, KeyError, TypeError, FileNotFoundError, NotADirectoryError, DatasetError)
+USER_ERRORS = (ValueError, KeyError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError,
+               DatasetError)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 import typing
@@ -23,6 +24,12 @@ def _field_types(cls) -> dict:
     return typing.get_type_hints(cls)
 
 PROFILES = ("paper", "quick", "smoke")
+
+
+def cache_dir() -> Path:
+    """Root of everything tbpr caches (``tbpr/cache.py`` lists what lives there): ``$TBPR_CACHE``,
+    default ``~/.cache/tbpr``."""
+    return Path(os.environ.get("TBPR_CACHE", Path.home() / ".cache" / "tbpr"))
 
 
 @dataclass

@@ -3,7 +3,7 @@ results are cached on disk by a hash of the full configuration and the code vers
 re-execute cheaply and a batch reproduction resumes where it stopped.
 
     >>> from tbpr import experiments
-    >>> r = experiments.run("ssan", "smoke", {"use_mvnln": False}, seed=1)
+    >>> r = experiments.run("ssan", "smoke", {"mvnln": "none"}, seed=1)
     >>> r.metrics["R1"], r.train_seconds
 """
 from __future__ import annotations

@@ -10,8 +10,8 @@ An *explanation* of (model, caption, image) is a dict::
      "bars":   Tensor [n_tokens, n_parts],   # optional: per-part values drawn as bars (SSAN)
      "mask":   Tensor [h, w]}                # optional: a foreground mask (LGUR's ℳ)
 
-``EXPLAINERS`` holds one per paper, each read from the model's own internals (the methods its
-notebook draws the paper's figures with):
+Each paper's recipe (``tbpr/papers/<paper>/recipe.py``, ``Recipe.explain``) gives its own, read from
+the model's internals (the methods its notebook draws the paper's figures with):
 
 - ``ssan``: WAM word→part probabilities s_i^k (Eq. 8, Fig. 8) as stripes, and as bars.
 - ``lgur``: DGA dictionary attention (Fig. 4): per patch, the cosine of its attention profile over
@@ -23,7 +23,7 @@ notebook draws the paper's figures with):
 - ``mia``: BFM phrase→part weights α (Eq. 13, Fig. 7b) per noun phrase, and the RGA relation
   attention v_k (Eq. 6, Fig. 7a) of the whole sentence as token ``[sentence]``, as stripes.
 
-A model may also bring its own ``model.explain(caption, image)``; anything else gets a
+A configuration without the module its paper's map reads (e.g. SSAN without PFL) gets a
 model-agnostic *word-ablation saliency*: for word w, the gradient with respect to the image of
 ``s(caption) - s(caption without w)``, times the image.
 
@@ -78,7 +78,7 @@ def _row(feats, i: int):
 
 
 def explain(model, caption: str, image: torch.Tensor) -> dict:
-    """``model.explain`` if it has one, else its paper's explainer, else the word-ablation saliency
+    """The paper's explanation (``recipe(name).explain``), else the word-ablation saliency
     (also for configurations without the module the paper's explanation reads, e.g. SSAN w/o PFL)."""
     out = recipe(model.name).explain(model, caption, image) if model.name in MODEL_NAMES else None
     return out if out is not None else word_ablation_saliency(model, caption, image)

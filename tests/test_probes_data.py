@@ -165,7 +165,7 @@ def test_an_image_truncated_past_its_header_fails_the_default_check(tiny):
 def test_image_verdicts_are_cached_by_size_and_mtime(tiny, monkeypatch):
     root, records = tiny
     formats.load("cuhk-pedes", root, verbose=False)
-    cache = list((formats._cache_root() / "image_checks").glob("*.json"))
+    cache = list((formats.cache_dir() / "image_checks").glob("*.json"))
     assert any(json.loads(c.read_text())["annotation"] == str(root / "reid_raw.json")
                for c in cache)
     decoded = []

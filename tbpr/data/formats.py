@@ -42,6 +42,8 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from PIL import Image
 
+from ..config import cache_dir
+
 FORMATS = {  # name -> (annotation file, image key, splits)
     "cuhk-pedes": ("reid_raw.json", "file_path", ("train", "val", "test")),
     "synthpedes": ("reid_raw.json", "file_path", ("train", "val", "test")),
@@ -165,14 +167,9 @@ def _image_path(value, path: Path, where: str, key: str, image_dir: Path) -> str
     return value
 
 
-def _cache_root() -> Path:
-    # tbpr.cache.cache_dir(), which this floor may not import (tests/test_layers.py)
-    return Path(os.environ.get("TBPR_CACHE", Path.home() / ".cache" / "tbpr"))
-
-
 def _verdict_file(source: Path) -> Path:
     key = hashlib.sha256(os.path.abspath(source).encode()).hexdigest()[:16]
-    return _cache_root() / "image_checks" / f"{key}.json"
+    return cache_dir() / "image_checks" / f"{key}.json"
 
 
 def _read_verdicts(file: Path) -> dict:
