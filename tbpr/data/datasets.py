@@ -4,8 +4,21 @@
     test = EvalSet(splits["test"]); images = load_eval_images(test.image_paths, cfg.data)
 
 Images are decoded once per process at the model's input size and kept as uint8 (CPU training is
-decode-bound otherwise). Every augmentation draw is seeded from (seed, epoch, position), so a run is
-reproducible whatever the number of DataLoader workers, and DDP ranks see disjoint shards.
+decode-bound otherwise), and DDP ranks see disjoint shards.
+
+Determinism: the batches of an epoch are a function of (seed, epoch) only, whatever the number of
+DataLoader workers and whether the epoch was interrupted and resumed:
+
+- the sampler draws an epoch's order and one 31-bit seed per item from
+  ``np.random.default_rng([seed, epoch])``, for every batch of every rank, before any is used;
+- an item's augmentations (every view of it) are drawn from its own ``torch.Generator`` seeded with
+  that seed, never from a process-wide generator, so the process that makes it and what that process
+  made before do not matter; each pair is one item, so no caption is drawn;
+- iterating the loader leaves torch's global generator untouched (a plain DataLoader draws the
+  workers' base seed from it for every new iterator, i.e. once per epoch without persistent workers
+  and once in all with them, which moved the model's own draws, e.g. dropout, with the worker count);
+- ``set_epoch(epoch, start=j)`` starts an epoch at its batch ``j`` with the same batches an
+  uninterrupted epoch has from there on.
 """
 from __future__ import annotations
 
@@ -80,10 +93,8 @@ class TrainPairs(Dataset):
         index, draw = key
         image_idx, caption_idx, pid, caption = self.pairs[index]
         image = self.image(image_idx)
-        with torch.random.fork_rng(devices=[]):
-            # the CPU generator only: torch.manual_seed also seeds every accelerator, ~10x slower
-            torch.default_generator.manual_seed(int(draw))
-            views = [self.transform(image) for _ in range(self.data_cfg.n_views)]
+        generator = torch.Generator().manual_seed(int(draw))  # the item's own: no global state
+        views = [self.transform(image, generator) for _ in range(self.data_cfg.n_views)]
         return {"images": views[0] if len(views) == 1 else torch.stack(views), "pids": pid,
                 "captions": caption, "image_idx": image_idx, "caption_idx": index}
 
@@ -99,8 +110,11 @@ def collate(items: list[dict]) -> dict:
 class PairBatchSampler(Sampler):
     """Batches of (pair index, draw seed) for one rank: shuffled pairs, or P identities × K pairs.
 
-    The global order of an epoch depends only on (seed, epoch); rank r takes every world_size-th
-    batch. Each consumed iteration advances the epoch; ``set_epoch`` sets it explicitly.
+    The global order of an epoch and the draw seed of each of its items depend only on
+    (seed, epoch); rank r takes every world_size-th batch. Each consumed iteration advances the
+    epoch; ``set_epoch`` sets it explicitly, and its ``start`` skips the first batches of that
+    epoch's next iteration (a resumed epoch) without changing the others. ``len`` is the number of
+    batches of a whole epoch.
     """
 
     def __init__(self, pids, batch_size: int, mode: str = "random", num_instances: int = 4,
@@ -111,10 +125,13 @@ class PairBatchSampler(Sampler):
             raise ValueError(f"P×K sampler: batch_size {batch_size} < num_instances {num_instances}")
         self.pids, self.batch_size, self.mode, self.k = np.asarray(pids), batch_size, mode, \
             num_instances
-        self.seed, self.rank, self.world_size, self.epoch = seed, rank, world_size, 0
+        self.seed, self.rank, self.world_size, self.epoch, self.start = seed, rank, world_size, 0, 0
 
-    def set_epoch(self, epoch: int):
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0):
+        """The next iteration yields epoch ``epoch`` from its batch ``start`` (of this rank) on."""
+        if start < 0:
+            raise ValueError(f"set_epoch: start must be >= 0, not {start}")
+        self.epoch, self.start = epoch, start
 
     def _random_batches(self, rng) -> list[np.ndarray]:
         n, b = len(self.pids), self.batch_size
@@ -153,25 +170,40 @@ class PairBatchSampler(Sampler):
 
     def __iter__(self):
         # a generator: DataLoader may call iter() more than once per epoch, only the consumed one counts
-        batches = self._epoch_batches()
-        self.epoch += 1
-        yield from batches
+        batches, start = self._epoch_batches(), self.start
+        self.epoch, self.start = self.epoch + 1, 0
+        yield from batches[start:]
 
     def __len__(self):
         return len(self._epoch_batches())
 
 
+class TrainLoader(DataLoader):
+    """A DataLoader whose iterators leave torch's global generator as they found it.
+
+    Creating a DataLoader iterator draws the workers' base seed from the global generator (unless the
+    loader has a ``generator``): per epoch with no or non-persistent workers, once with persistent
+    ones, so the model's later draws (dropout, sampled negatives) depended on the worker count and a
+    resumed run diverged. Every item here seeds its own generator, so the base seed is not needed.
+    """
+
+    def __iter__(self):
+        with torch.random.fork_rng(devices=[]):  # the CPU generator; accelerators are not touched
+            return super().__iter__()
+
+
 def build_train_loader(records: list[Record], data_cfg, seed: int = 0, rank: int = 0,
                        world_size: int = 1) -> DataLoader:
-    """Training batches (``batch_size`` per rank) in the format of ``tbpr/models/base.py``."""
+    """Training batches (``batch_size`` per rank) in the format of ``tbpr/papers/base.py``; the same
+    batches for any ``data_cfg.num_workers`` (see the module's docstring)."""
     if not records:
         raise DatasetError("build_train_loader: no training records (is the train split empty?)")
     dataset = TrainPairs(records, data_cfg)
     sampler = PairBatchSampler(dataset.pids, data_cfg.batch_size, data_cfg.sampler,
                                data_cfg.num_instances, seed, rank, world_size)
     workers = data_cfg.num_workers
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
-                      persistent_workers=workers > 0)
+    return TrainLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
+                       persistent_workers=workers > 0)
 
 
 class EvalSet:

@@ -32,9 +32,14 @@ def pad_for(data_cfg) -> int:
 class TrainAugment:
     """The papers' training augmentations on a uint8 [3, H, W] image already at the model's size:
     horizontal flip (p 0.5), zero-pad and random crop back, normalise, random erasing (torchvision's
-    RandomErasing: area 2-33 %, aspect 0.3-3.3, erased to 0, up to 10 tries). Plain tensor slicing,
-    drawing from torch's global generator as torchvision does: the v2 pipeline costs ~4x more per
-    image, a sixth of a CPU step for IVT's three views."""
+    RandomErasing: area 2-33 %, aspect 0.3-3.3, erased to 0, up to 10 tries). Plain tensor slicing:
+    the v2 pipeline costs ~4x more per image, a sixth of a CPU step for IVT's three views.
+
+    Every draw comes from ``generator`` (torch's global generator when None, as torchvision draws),
+    in torchvision's order, so ``aug(image, torch.Generator().manual_seed(s))`` draws what the v2
+    pipeline draws after ``torch.manual_seed(s)``. The training loader passes a generator seeded
+    per item, so an item's augmentation depends on its seed only, not on the process that makes it
+    nor on what that process drew before."""
 
     def __init__(self, data_cfg):
         self.size = tuple(data_cfg.image_size)
@@ -43,36 +48,38 @@ class TrainAugment:
         self.scale = 1.0 / (255.0 * std)  # (x / 255 - mean) / std as one multiply-add
         self.shift = -torch.tensor(data_cfg.mean).view(-1, 1, 1) / std
 
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+    def __call__(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if image.shape[-2:] != self.size:
             image = v2.functional.resize(image, list(self.size), antialias=True)
-        if self.flip and torch.rand(()) < 0.5:
+        if self.flip and torch.rand((), generator=generator) < 0.5:
             image = image.flip(-1)
         if self.pad:
-            image = pad_and_crop(image, self.pad)
+            image = pad_and_crop(image, self.pad, generator)
         x = image.float() * self.scale + self.shift
-        if self.erasing > 0 and torch.rand(()) < self.erasing:
-            erase_random_box(x)
+        if self.erasing > 0 and torch.rand((), generator=generator) < self.erasing:
+            erase_random_box(x, generator=generator)
         return x
 
 
-def pad_and_crop(image: torch.Tensor, pad: int) -> torch.Tensor:
+def pad_and_crop(image: torch.Tensor, pad: int, generator: torch.Generator | None = None) -> torch.Tensor:
     h, w = image.shape[-2:]
-    i, j = torch.randint(0, 2 * pad + 1, (2,)).tolist()
+    i, j = torch.randint(0, 2 * pad + 1, (2,), generator=generator).tolist()
     return torch.nn.functional.pad(image, (pad, pad, pad, pad))[:, i:i + h, j:j + w]
 
 
-def erase_random_box(x: torch.Tensor, scale=(0.02, 0.33), ratio=(0.3, 3.3)) -> None:
+def erase_random_box(x: torch.Tensor, scale=(0.02, 0.33), ratio=(0.3, 3.3),
+                     generator: torch.Generator | None = None) -> None:
     """Zero one random box in place; no box when 10 draws do not fit (as torchvision)."""
     h, w = x.shape[-2:]
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
     for _ in range(10):
-        area = h * w * (scale[0] + (scale[1] - scale[0]) * torch.rand(()).item())
-        aspect = math.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * torch.rand(()).item())
+        area = h * w * (scale[0] + (scale[1] - scale[0]) * torch.rand((), generator=generator).item())
+        aspect = math.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0])
+                          * torch.rand((), generator=generator).item())
         bh, bw = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
         if bh < h and bw < w:
-            i = int(torch.randint(0, h - bh + 1, ()))
-            j = int(torch.randint(0, w - bw + 1, ()))
+            i = int(torch.randint(0, h - bh + 1, (), generator=generator))
+            j = int(torch.randint(0, w - bw + 1, (), generator=generator))
             x[:, i:i + bh, j:j + bw] = 0
             return
 
