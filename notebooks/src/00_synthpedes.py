@@ -1,13 +1,21 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # 00 · SynthPedes, the benchmark every notebook trains on
 #
 # The real text-based person retrieval datasets (CUHK-PEDES, ICFG-PEDES, RSTPReid) must be requested
 # from their authors, so tbpr ships a procedurally rendered one, written in the CUHK-PEDES format
-# (`reid_raw.json` + `imgs/`). It is built to be hard in the ways the real task is hard
-# (`shared/specs/synthpedes.md`): people come in families that differ in one or two small
-# attributes, colour words cover ranges of shades, captions mention a random subset of attributes in
-# random order with synonyms, distractor clauses and rare typos, bags and held objects move between
-# images, backgrounds are cluttered, and view, framing and lighting vary.
+# (`reid_raw.json` + `imgs/`). It is built to be hard in the ways the real task is hard: people
+# come in families that differ in one or two small attributes, colour words cover ranges of shades,
+# captions mention a random subset of attributes in random order with synonyms, distractor clauses
+# and rare typos, bags and held objects move between images, backgrounds are cluttered, and view,
+# framing and lighting vary.
 #
 # Unlike a real dataset it also keeps ground truth: person masks, attribute regions, and for every
 # caption the attribute spans, noun phrases and POS tags. Later notebooks use these to *measure*
@@ -35,17 +43,18 @@ import pandas as pd
 from IPython.display import display
 from PIL import Image
 
-from tbpr.data import formats, synthetic, text
+from tbpr import synthpedes
+from tbpr.data import formats, text
 from tbpr.synthpedes.baseline import baseline_rank1, text_oracle_rank1
 from tbpr.viz import save_figure, save_table
 
 figdir = Path(out_dir) / "synthpedes"
 synth = dataset == "synthpedes"
 start = time.perf_counter()
-root = synthetic.ensure(profile, seeds[0]) if synth and data_root is None else Path(data_root)
+root = synthpedes.ensure(profile, seeds[0]) if synth and data_root is None else Path(data_root)
 print(f"{dataset} at {root} (ready in {time.perf_counter() - start:.1f} s)")
 splits = formats.load(dataset, root)
-gt = synthetic.load_ground_truth(root) if synth else None
+gt = synthpedes.load_ground_truth(root) if synth else None
 
 # %% [markdown]
 # ## Splits, next to CUHK-PEDES
@@ -55,7 +64,7 @@ gt = synthetic.load_ground_truth(root) if synth else None
 # %%
 # NBVAL_CHECK_OUTPUT
 CUHK_PEDES = {"train": (11003, 34054, 68108), "val": (1000, 3078, 6158),
-              "test": (1000, 3074, 6156)}  # ids / images / captions (shared/specs/ssan.md §5.2)
+              "test": (1000, 3074, 6156)}  # ids / images / captions, the official split (Li et al., CVPR 2017)
 stats = formats.split_statistics(splits)
 table = pd.DataFrame({
     **{f"{dataset} {k}": {s: stats[s][k] for s in stats} for k in ("ids", "images", "captions")},

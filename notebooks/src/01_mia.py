@@ -1,3 +1,11 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # 01 · MIA — Multi-granularity Image-text Alignments (Niu et al., TIP 2020)
 #
@@ -11,8 +19,9 @@
 #
 # `s_F = s_G + λ1·s_R + λ2·s_L`. Training is a three-step schedule: (1) identity loss on the global
 # text path with the CNN frozen, (2) identity + sum-of-hinges matching losses on everything of GC and RGA,
-# (3) only the two BFM MLPs with the BFM matching losses. The model is `tbpr/models/mia.py`; the
-# spec is `shared/specs/mia.md`. Every number below is computed in this run on SynthPedes, whose
+# (3) only the two BFM MLPs with the BFM matching losses. The model is `tbpr/papers/mia/model.py`,
+# its training steps and scoring are `tbpr/papers/mia/recipe.py`, its profiles and ablation rows
+# `tbpr/papers/mia/paper.yaml`. Every number below is computed in this run on SynthPedes, whose
 # generator knows where each attribute is drawn and which words describe it.
 
 # %% tags=["parameters"]
@@ -37,9 +46,9 @@ from matplotlib.patches import Rectangle
 from PIL import Image
 
 from tbpr import experiments
-from tbpr.config import ablation_rows
-from tbpr.papers import count_parameters, create_model, get_config, parameter_table
-from tbpr.papers.mia.model import fuse, scoring_metrics, split_eval_overrides, split_scores
+from tbpr.papers import ablation_rows, count_parameters, create_model, get_config, paper_numbers, parameter_table
+from tbpr.papers.mia.model import fuse
+from tbpr.papers.mia.recipe import scoring_metrics, split_eval_overrides, split_scores
 from tbpr.viz import ablation_table, plot_history, retrieval_grid, save_figure, save_table
 
 START = time.time()
@@ -134,8 +143,8 @@ print("stages:", {s: sum(1 for h in history if h["stage"] == s) for s in dict.fr
 # ## 4. Retrieval metrics (text → image, test split)
 
 # %%
-main = ablation_table({"MIA (ours)": [r.metrics for r in mia_runs]},
-                      {"MIA (ours)": {"R1": 48.0, "R5": 70.7, "R10": 79.3}})
+PAPER_MIA = paper_numbers("mia", "table7_backbone")["VGG-16"]  # the paper's MIA (VGG-16), Table VII
+main = ablation_table({"MIA (ours)": [r.metrics for r in mia_runs]}, {"MIA (ours)": PAPER_MIA})
 n_ids = len({r.pid for r in test})
 save_table(main, OUT / "metrics")
 print(f"{len(test)} gallery images of {n_ids} identities: chance R1 ≈ {100 / n_ids:.1f}%; "
@@ -144,36 +153,14 @@ main
 
 # %% [markdown]
 # ## 5. Every ablation table of the paper
-# Each row is an override in `tbpr/configs/mia.yaml`. Rows that differ only in the scoring
+# Each row is an override in `tbpr/papers/mia/paper.yaml`, beside the paper's own numbers for it (its
+# `paper:` entry, read with `tbpr.papers.paper_numbers`). Rows that differ only in the scoring
 # (`score`, `lambda1`, `lambda2`: "MIA (G)", the λ sweeps) re-score one trained model, as in the paper.
 # Table VII (ImageNet VGG-16 / ResNet-50 at CUHK-PEDES scale) is not runnable on CPU.
 
 # %%
-PAPER = {  # R@1, R@5, R@10 as printed (spec section 6)
-    "table2_ablation": {"GC": (43.4, 67.4, 76.7), "GC + BFM": (44.7, 69.0, 77.6), "GC + RGA": (47.2, 70.5, 79.1),
-                        "GC + RGA + BFM": (46.7, 70.5, 79.1), "MIA (G)": (45.9, 69.1, 78.1),
-                        "MIA (R)": (46.3, 69.5, 78.2), "MIA (L)": (36.1, 59.8, 69.5), "MIA": (48.0, 70.7, 79.3)},
-    "table3_step_training": {
-        "GC (G)": (43.4, 67.4, 76.7), "GC + BFM (G)": (42.8, 66.2, 75.7), "GC + RGA (G)": (45.9, 69.1, 78.1),
-        "GC + RGA + BFM (G)": (44.1, 68.2, 77.0), "MIA (G)": (45.9, 69.1, 78.1), "GC + RGA (R)": (46.3, 69.5, 78.2),
-        "GC + RGA + BFM (R)": (44.2, 68.9, 78.2), "MIA (R)": (46.3, 69.5, 78.2), "Fine (L)": (32.0, 55.5, 66.0),
-        "GC + BFM (L)": (34.0, 57.4, 67.9), "GC + RGA + BFM (L)": (34.7, 58.6, 69.4), "MIA (L)": (36.1, 59.8, 69.5),
-        "GC + RGA + BFM": (46.7, 70.5, 79.1), "MIA": (48.0, 70.7, 79.3)},
-    "table4_objectives": {"Mat / Mat": (40.6, 64.9, 74.3), "Mat / Id + Mat": (42.1, 66.4, 75.8),
-                          "Id / Id + Mat": (47.2, 70.5, 79.1)},
-    "table5_step_combination": {"Combining step-1 & step-2": (39.7, 64.0, 73.9),
-                                "Step training strategy": (47.2, 70.5, 79.1)},
-    "table6_phrases": {"All words": (44.2, 66.3, 75.9), "Noun phrases": (48.0, 70.7, 79.3)},
-    "table8_lambda1": {"0.1": (46.2, 69.8, 77.9), "0.3": (46.6, 70.0, 78.7), "0.5": (46.9, 70.4, 78.9),
-                       "0.7": (47.0, 70.4, 79.1), "0.9": (47.1, 70.4, 79.1), "1.0": (47.2, 70.5, 79.1),
-                       "1.1": (47.2, 70.6, 79.3), "1.3": (47.3, 70.5, 79.3), "1.5": (47.6, 70.5, 79.2),
-                       "1.7": (47.5, 70.5, 79.3), "1.9": (47.5, 70.5, 79.2), "2.0": (47.4, 70.5, 79.1)},
-    "table9_lambda2": {"0.1": (46.5, 69.8, 78.4), "0.3": (47.2, 70.1, 78.9), "0.5": (47.6, 70.2, 79.2),
-                       "0.7": (47.8, 70.1, 79.3), "0.9": (47.7, 70.0, 79.4), "1.0": (47.5, 69.9, 79.2),
-                       "1.1": (47.4, 69.8, 79.1), "1.3": (46.7, 69.7, 78.8), "1.5": (46.3, 69.5, 78.5),
-                       "1.7": (45.9, 69.1, 78.3), "1.9": (45.5, 68.6, 78.1), "2.0": (45.3, 68.5, 78.1)},
-}
-assert list(PAPER) == TABLES, "a paper table without its runs, or runs without the paper's numbers"
+PAPER = {table: paper_numbers("mia", table) for table in TABLES}  # R@1, R@5, R@10 as printed
+assert all(set(PAPER[t]) == set(ablation_rows("mia", t)) for t in TABLES), "a row without the paper's numbers"
 
 _scored = {}
 
@@ -195,8 +182,7 @@ def row_metrics(overrides):
 tables = {}
 for table in TABLES:
     ours = {label: row_metrics(ov) for label, ov in ablation_rows("mia", table).items()}
-    paper = {label: dict(zip(("R1", "R5", "R10"), v)) for label, v in PAPER[table].items()}
-    tables[table] = ablation_table(ours, paper, metrics=("R1", "R5", "R10", "mAP", "mINP"), decimals=1)
+    tables[table] = ablation_table(ours, PAPER[table], metrics=("R1", "R5", "R10", "mAP", "mINP"), decimals=1)
     save_table(tables[table], OUT / table)
 
 # %%
@@ -481,7 +467,7 @@ gt_checks.round(2)
 # %%
 def r1(table, row):
     df = tables[table]
-    return df.attrs["mean"][row]["R1"], df.attrs["std"][row]["R1"], PAPER[table][row][0]
+    return df.attrs["mean"][row]["R1"], df.attrs["std"][row]["R1"], PAPER[table][row]["R1"]
 
 
 def compare(table, better, worse, what):
@@ -497,7 +483,7 @@ def compare(table, better, worse, what):
 
 
 lines = [f"- MIA reaches R1 {main.attrs['mean']['MIA (ours)']['R1']:.1f} ± {main.attrs['std']['MIA (ours)']['R1']:.1f} "
-         f"on SynthPedes-{profile} (chance ≈ {100 / n_ids:.1f}%; paper 48.0 on CUHK-PEDES).",
+         f"on SynthPedes-{profile} (chance ≈ {100 / n_ids:.1f}%; paper {PAPER_MIA['R1']:.1f} on CUHK-PEDES).",
          compare("table2_ablation", "GC + RGA", "GC", "RGA on top of GC"),
          compare("table2_ablation", "GC + BFM", "GC", "BFM on top of GC"),
          compare("table2_ablation", "MIA", "GC + RGA", "step-3 BFM on top of GC + RGA"),
@@ -508,10 +494,11 @@ lines = [f"- MIA reaches R1 {main.attrs['mean']['MIA (ours)']['R1']:.1f} ± {mai
          compare("table6_phrases", "Noun phrases", "All words", "noun phrases vs all words")]
 for table, name in (("table8_lambda1", "λ1"), ("table9_lambda2", "λ2")):
     means = {k: v["R1"] for k, v in tables[table].attrs["mean"].items()}
-    best, paper_best = max(means, key=means.get), max(PAPER[table], key=lambda k: PAPER[table][k][0])
+    paper_r1 = {k: v["R1"] for k, v in PAPER[table].items()}
+    best, paper_best = max(means, key=means.get), max(paper_r1, key=paper_r1.get)
     lines.append(f"- {name} sweep: best R1 at {name} = {best} here, {paper_best} in the paper "
                  f"(R1 spread {max(means.values()) - min(means.values()):.1f} here vs "
-                 f"{max(v[0] for v in PAPER[table].values()) - min(v[0] for v in PAPER[table].values()):.1f}).")
+                 f"{max(paper_r1.values()) - min(paper_r1.values()):.1f}).")
 ok = identities.values.all()
 lines.append(f"- The paper's identities (MIA (G) = GC + RGA (G), …) {'hold exactly' if ok else 'FAIL'} in every seed.")
 if checks:

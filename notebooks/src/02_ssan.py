@@ -1,8 +1,17 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # 02 · SSAN: semantically self-aligned parts
 #
 # Ding et al., *Semantically Self-Aligned Network for Text-to-Image Part-aware Person
-# Re-identification* (arXiv:2107.12666, 2021). Model: `tbpr/models/ssan.py`; spec: `shared/specs/ssan.md`.
+# Re-identification* (arXiv:2107.12666, 2021). Model: `tbpr/papers/ssan/model.py`; profiles and
+# ablation rows: `tbpr/papers/ssan/paper.yaml`.
 #
 # **The idea.** Image stripes are roughly aligned with body parts, but a caption mentions parts in any
 # order. SSAN gives the text part features without a parser: a **Word Attention Module (WAM)** scores
@@ -31,9 +40,8 @@ import pandas as pd
 import torch
 
 from tbpr import experiments
-from tbpr.config import ablation_rows
 from tbpr.evaluate import encode_split, retrieval_metrics
-from tbpr.papers import create_model, get_config, parameter_table
+from tbpr.papers import ablation_rows, create_model, get_config, paper_numbers, parameter_table
 from tbpr.viz import ablation_table, plot_history, save_figure, save_table, stripe_bars, to_display_image
 
 seeds = experiments.default_seeds(profile) if seeds is None else list(seeds)
@@ -87,17 +95,18 @@ pd.DataFrame({f"{profile}": ours, "paper": paper})
 
 # %% [markdown]
 # ## Parameters at the paper profile
-# The paper gives no count; IVT (ECCVW'22) reports 97.86 M for SSAN, and the spec derives each part from
-# the official code (CUHK-PEDES: 5,000-row embedding tables). The ID classifiers (11,000 classes) are
-# used in training only.
+# The paper gives no count; IVT (ECCVW'22, Table 5) reports 97.86 M for SSAN. The reference column
+# counts each part from the layer sizes of the official code (CUHK-PEDES: 5,000-row embedding tables,
+# Bi-LSTM hidden 2048); they add up to IVT's number. The ID classifiers (11,000 classes) are used in
+# training only.
 
 # %%
 # NBVAL_CHECK_OUTPUT
-SPEC_COUNTS = {"visual": 23_508_032, "bilstm": 41_943_040, "word_emb_global": 2_560_000,
+CODE_COUNTS = {"visual": 23_508_032, "bilstm": 41_943_040, "word_emb_global": 2_560_000,
                "word_emb_local": 2_560_000, "W_g": 2_097_152, "W_l": 12_582_912, "wam": 12_288,
                "mvnln": 12_595_200}
 counts = parameter_table(paper_model)
-table = pd.DataFrame({"ours": {k: counts.get(k, 0) for k in SPEC_COUNTS}, "paper/spec": SPEC_COUNTS})
+table = pd.DataFrame({"ours": {k: counts.get(k, 0) for k in CODE_COUNTS}, "official code / IVT": CODE_COUNTS})
 table.loc["inference total"] = [paper_model.inference_parameters(), 97_858_624]
 table.loc["ID classifiers (training only)"] = [counts["classifier"], float("nan")]
 print(f"quick/smoke model: {model0.inference_parameters():,} inference parameters")
@@ -133,16 +142,12 @@ pd.DataFrame({k: [round(main.metrics[k], 2)] for k in ("R1", "R5", "R10", "mAP",
 
 # %% [markdown]
 # ## Table 2: every component, on SynthPedes
-# Rows are config overrides (`tbpr/configs/ssan.yaml`); ours is the mean ± std over seeds, the
-# paper's numbers are CUHK-PEDES (ResNet-50). HMR-1 is Rank-1 with the query's own image hidden.
+# Rows are config overrides (`tbpr/papers/ssan/paper.yaml`, with the paper's numbers beside them); ours
+# is the mean ± std over seeds, the paper's numbers are CUHK-PEDES (ResNet-50). HMR-1 is Rank-1 with
+# the query's own image hidden.
 
 # %%
-PAPER_T2 = {"Baseline": {"R1": 54.68, "R5": 75.42, "HMR1": 42.10},
-            "+PFL": {"R1": 59.26, "R5": 78.56, "HMR1": 46.34},
-            "+PFL+PRL": {"R1": 60.59, "R5": 79.37, "HMR1": 47.21},
-            "+PFL+1x1 Conv": {"R1": 59.36, "R5": 79.06, "HMR1": 46.51},
-            "+CR loss": {"R1": 56.30, "R5": 77.21, "HMR1": 44.65},
-            "SSAN": {"R1": 61.37, "R5": 80.15, "HMR1": 49.11}}
+PAPER = {name: paper_numbers("ssan", name) for name in ("table2", "shared_wg", "fig7")}
 METRICS = ("R1", "R5", "R10", "mAP", "HMR1")
 
 
@@ -151,7 +156,7 @@ def run_table(name):
 
 
 t2 = run_table("table2")
-df2 = ablation_table(t2, PAPER_T2, metrics=METRICS)
+df2 = ablation_table(t2, PAPER["table2"], metrics=METRICS)
 save_table(df2, FIG / "table2")
 df2
 
@@ -160,8 +165,7 @@ df2
 
 # %%
 twg = run_table("shared_wg")
-dfwg = ablation_table(twg, {"Baseline (shared W_g)": {"R1": 54.68}, "Baseline (separate W_g)": {"R1": 53.12}},
-                      metrics=METRICS)
+dfwg = ablation_table(twg, PAPER["shared_wg"], metrics=METRICS)
 save_table(dfwg, FIG / "shared_wg")
 dfwg
 
@@ -172,7 +176,7 @@ dfwg
 
 # %%
 f7 = run_table("fig7")
-df7 = ablation_table(f7, {"adaptive": {"R1": 61.37}}, metrics=METRICS)
+df7 = ablation_table(f7, PAPER["fig7"], metrics=METRICS)
 save_table(df7, FIG / "fig7_margin")
 fig, ax = plt.subplots(figsize=(5, 3))
 labels = list(f7)
@@ -351,6 +355,10 @@ def spread(df, *labels, metric="R1"):
     return max(df.attrs["std"][label].get(metric, 0.0) for label in labels)
 
 
+def paper_gap(table, new, old):
+    return PAPER[table][new]["R1"] - PAPER[table][old]["R1"]
+
+
 def effect(df, new, old, paper_delta, what):
     d = mean(df, new) - mean(df, old)
     noise = spread(df, new, old)
@@ -367,12 +375,12 @@ def effect(df, new, old, paper_delta, what):
 
 lines = [f"- SSAN reaches R1 {main.metrics['R1']:.1f} % on the {profile} test split "
          f"(chance ≈ {chance_r1:.1f} %), mAP {main.metrics['mAP']:.1f} %."]
-lines.append(effect(df2, "+PFL", "Baseline", 59.26 - 54.68, "+PFL (WAM parts)"))
-lines.append(effect(df2, "+PFL+PRL", "+PFL", 60.59 - 59.26, "+PRL (MV-NLN) over +PFL"))
-lines.append(effect(df2, "+PFL+PRL", "+PFL+1x1 Conv", 60.59 - 59.36, "full MV-NLN over its 1×1 conv alone"))
-lines.append(effect(df2, "+CR loss", "Baseline", 56.30 - 54.68, "CR loss on the baseline"))
-lines.append(effect(df2, "SSAN", "+PFL+PRL", 61.37 - 60.59, "CR loss on PFL+PRL"))
-lines.append(effect(dfwg, "Baseline (shared W_g)", "Baseline (separate W_g)", 54.68 - 53.12, "sharing W_g"))
+for new, old, what in (("+PFL", "Baseline", "+PFL (WAM parts)"), ("+PFL+PRL", "+PFL", "+PRL (MV-NLN) over +PFL"),
+                       ("+PFL+PRL", "+PFL+1x1 Conv", "full MV-NLN over its 1×1 conv alone"),
+                       ("+CR loss", "Baseline", "CR loss on the baseline"), ("SSAN", "+PFL+PRL", "CR loss on PFL+PRL")):
+    lines.append(effect(df2, new, old, paper_gap("table2", new, old), what))
+lines.append(effect(dfwg, "Baseline (shared W_g)", "Baseline (separate W_g)",
+                    paper_gap("shared_wg", "Baseline (shared W_g)", "Baseline (separate W_g)"), "sharing W_g"))
 best_fixed = max((k for k in f7 if k != "adaptive"), key=lambda k: mean(df7, k))
 lines.append(effect(df7, "adaptive", best_fixed, 1.0, f"adaptive α2 vs the best fixed ({best_fixed})")
              .replace("paper +1.00", "paper: adaptive better, value not given"))

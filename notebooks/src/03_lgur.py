@@ -1,3 +1,11 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # LGUR — granularity-unified representations (Shao et al., ACM MM 2022)
 #
@@ -38,10 +46,9 @@ import torch.nn.functional as F
 from IPython.display import Markdown, display
 
 from tbpr import experiments
-from tbpr.config import ablation_rows
+from tbpr.cache import FeatureCache
 from tbpr.data.datasets import load_eval_images
-from tbpr.papers import count_parameters, create_model, get_config, parameter_table
-from tbpr.papers.lgur.model import FrozenTextCache
+from tbpr.papers import ablation_rows, count_parameters, create_model, get_config, paper_numbers, parameter_table
 from tbpr.viz import (ablation_table, overlay_heatmap, plot_history, save_figure, save_table, to_display_image,
                       to_markdown)
 
@@ -97,17 +104,17 @@ display(shape_df)
 # %% [markdown]
 # ## 2. Parameters at the paper profile
 # Built on the `meta` device (no memory, no download). The paper prints no parameter counts; the
-# reference column is the spec's budget (§2.8), worked out from the official code. BERT is frozen.
+# reference column is a budget worked out from the layer sizes of the official code. BERT is frozen.
 
 # %%
 # NBVAL_CHECK_OUTPUT
 meta = create_model("lgur", "paper", device="meta")
 ours = parameter_table(meta)
-spec_budget = {"visual": "≈19.9 M (DeiT-S, 11 blocks)", "text_encoder": "110 M (BERT, frozen)",
+code_budget = {"visual": "≈19.9 M (DeiT-S, 11 blocks)", "text_encoder": "110 M (BERT, frozen)",
                "bilstm": "≈3.54 M", "dga": "≈1.18 M (Trans)", "pgu": "≈10.2 M (Trans_P)",
                "part_fcs": "≈1.18 M (6 FCs)", "dictionary": "153.6 k (𝒟)", "prototypes": "2.3 k (𝒫)",
                "mask_head": "385 (ℳ)", "classifiers": "≈33.9 M (6 ID classifiers, CUHK)"}
-param_df = pd.DataFrame({"ours": {k: f"{v:,}" for k, v in ours.items()}, "spec §2.8": spec_budget})
+param_df = pd.DataFrame({"ours": {k: f"{v:,}" for k, v in ours.items()}, "official code": code_budget})
 param_df.loc["total (trainable)"] = [f"{count_parameters(meta, trainable_only=True):,}", "≈70.0 M"]
 param_df.loc["total"] = [f"{count_parameters(meta):,}", "≈180 M"]
 param_df.index.name = "component"
@@ -138,7 +145,8 @@ chance = 100 * np.mean([sum(r.pid == q.pid for r in test) / len(test) for q in t
 metrics_df = pd.DataFrame([{k: main.metrics[k] for k in ("R1", "R5", "R10", "mAP", "mINP")}],
                           index=[f"LGUR ({profile}, seed {seeds[0]})"]).round(2)
 metrics_df.loc["chance (expected R1 of a random ranking)"] = [round(chance, 2)] + [np.nan] * 4
-metrics_df.loc["paper, CUHK-PEDES (DeiT-S)"] = [65.25, 83.12, 89.00, np.nan, np.nan]
+paper_lgur = paper_numbers("lgur", "table5")["6 LGUR"]  # = Table 1, DeiT-Small
+metrics_df.loc["paper, CUHK-PEDES (DeiT-S)"] = [paper_lgur.get(k, np.nan) for k in metrics_df.columns]
 save_table(metrics_df, fig_dir / "metrics")
 display(metrics_df)
 
@@ -154,7 +162,7 @@ with torch.no_grad():
     gallery = torch.cat([trained.encode_images(load_eval_images([r.image_path for r in test[i:i + 64]],
                                                                  trained.cfg.data).to(device))
                          for i in range(0, len(test), 64)])
-    trained._text_cache = FrozenTextCache(None)  # time the frozen text encoder too, not its cache
+    trained._text_cache = FeatureCache("lgur_text", None)  # time the frozen text encoder too, not its cache
     start = time.perf_counter()
     for i in range(0, len(test_captions), 64):
         trained.similarity(trained.encode_texts(test_captions[i:i + 64]), gallery)
@@ -169,26 +177,17 @@ display(speed_df)
 
 # %% [markdown]
 # ## 4. Ablations (Tables 5–7), ours as mean ± std over seeds beside the paper's CUHK-PEDES numbers
-# Every row is a config override from `tbpr/configs/lgur.yaml`; rows shared between tables (e.g.
-# Table 6 "w/ shared" = Table 5 No. 3) are the same cached runs. Without PGU the K parts become one
-# max-pooled part; without G the raw visual branch is V itself (spec §8-A14/A15).
+# Every row is a config override from `tbpr/papers/lgur/paper.yaml`, beside the paper's numbers for it;
+# rows shared between tables (e.g. Table 6 "w/ shared" = Table 5 No. 3) are the same cached runs.
+# Without PGU the K parts become one max-pooled part; without G the raw visual branch is V itself
+# (the paper does not say what replaces them).
 
 # %%
-PAPER = {
-    "table5": {"0 baseline": (58.67, 79.08, 85.82), "1 + PGU": (63.26, 81.17, 87.69),
-               "2 + DGA": (61.86, 80.43, 87.20), "3 + PGU + DGA (D)": (64.28, 81.95, 88.11),
-               "4 + PGU + DGA (D + M)": (64.64, 82.91, 88.52), "5 + PGU + DGA (D + G)": (64.80, 82.29, 88.32),
-               "6 LGUR": (65.25, 83.12, 89.00)},
-    "table6": {"w/o reconstruction": (63.26, 81.17), "w/ SA": (63.39, 82.28),
-               "w/ unshared": (61.55, 80.69), "w/ shared (Ours)": (64.28, 81.95)},
-    "table7": {"w/ unshared": (63.78, 82.15), "w/ shared (Ours)": (65.25, 83.10)},
-}
-assert tuple(PAPER) == TABLES, "a paper table without its runs, or runs without the paper's numbers"
+PAPER = {name: paper_numbers("lgur", name) for name in TABLES}  # Table 5: R@1/5/10; Tables 6, 7: R@1/5
 tables = {}
-for name, paper_rows in PAPER.items():
+for name in TABLES:
     results = experiments.run_many("lgur", ablation_rows("lgur", name), seeds, profile, **run_kw)
-    paper_metrics = {label: dict(zip(("R1", "R5", "R10"), values)) for label, values in paper_rows.items()}
-    tables[name] = ablation_table(experiments.metrics_of(results), paper=paper_metrics)
+    tables[name] = ablation_table(experiments.metrics_of(results), paper=PAPER[name])
     save_table(tables[name], fig_dir / name)
     display(Markdown(f"**{name}**\n\n" + to_markdown(tables[name])))
 
@@ -378,8 +377,9 @@ def effect(table, a, b, metric="R1"):
     return d, noise
 
 
-def claim(text, table, a, b, paper_delta):
+def claim(text, table, a, b):
     d, noise = effect(table, a, b)
+    paper_delta = PAPER[table][b]["R1"] - PAPER[table][a]["R1"]
     agrees = np.sign(d) == np.sign(paper_delta)
     verdict = ("reproduces the paper's direction" if agrees else "does NOT reproduce the paper's direction")
     strength = (f"beyond the seed spread (±{noise:.1f})" if len(seeds) > 1 and abs(d) > noise
@@ -389,15 +389,15 @@ def claim(text, table, a, b, paper_delta):
 
 lines = [f"- LGUR at `{profile}` reaches R@1 {main.metrics['R1']:.1f} / mAP {main.metrics['mAP']:.1f} "
          f"(chance ≈ {chance:.1f}); {'it clearly learns' if main.metrics['R1'] > 5 * chance else 'it barely beats chance at this profile'}.",
-         claim("+PGU over the baseline (T5 No.1 vs No.0)", "table5", "0 baseline", "1 + PGU", 4.59),
-         claim("+DGA without PGU (T5 No.2 vs No.0)", "table5", "0 baseline", "2 + DGA", 3.19),
-         claim("the dictionary on top of PGU (T5 No.3 vs No.1)", "table5", "1 + PGU", "3 + PGU + DGA (D)", 1.02),
-         claim("the mask ℳ (T5 No.4 vs No.3)", "table5", "3 + PGU + DGA (D)", "4 + PGU + DGA (D + M)", 0.36),
-         claim("text guidance G (T5 No.5 vs No.3)", "table5", "3 + PGU + DGA (D)", "5 + PGU + DGA (D + G)", 0.52),
-         claim("full LGUR over the baseline (T5 No.6 vs No.0)", "table5", "0 baseline", "6 LGUR", 6.58),
-         claim("a shared rather than unshared dictionary (T6)", "table6", "w/ unshared", "w/ shared (Ours)", 2.73),
-         claim("a shared dictionary rather than self-attention (T6)", "table6", "w/ SA", "w/ shared (Ours)", 0.89),
-         claim("shared rather than modality-specific prototypes (T7)", "table7", "w/ unshared", "w/ shared (Ours)", 1.47)]
+         claim("+PGU over the baseline (T5 No.1 vs No.0)", "table5", "0 baseline", "1 + PGU"),
+         claim("+DGA without PGU (T5 No.2 vs No.0)", "table5", "0 baseline", "2 + DGA"),
+         claim("the dictionary on top of PGU (T5 No.3 vs No.1)", "table5", "1 + PGU", "3 + PGU + DGA (D)"),
+         claim("the mask ℳ (T5 No.4 vs No.3)", "table5", "3 + PGU + DGA (D)", "4 + PGU + DGA (D + M)"),
+         claim("text guidance G (T5 No.5 vs No.3)", "table5", "3 + PGU + DGA (D)", "5 + PGU + DGA (D + G)"),
+         claim("full LGUR over the baseline (T5 No.6 vs No.0)", "table5", "0 baseline", "6 LGUR"),
+         claim("a shared rather than unshared dictionary (T6)", "table6", "w/ unshared", "w/ shared (Ours)"),
+         claim("a shared dictionary rather than self-attention (T6)", "table6", "w/ SA", "w/ shared (Ours)"),
+         claim("shared rather than modality-specific prototypes (T7)", "table7", "w/ unshared", "w/ shared (Ours)")]
 if has_gt:
     lines.append(f"- Fig. 3: the unsupervised mask correlates with the person silhouette at r = {r_trained.mean():+.2f} "
                  f"(untrained {r_untrained.mean():+.2f}, another image's silhouette {r_shuffled.mean():+.2f}); "

@@ -1,3 +1,11 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% tags=["parameters"]
 profile = "quick"
 dataset = "synthpedes"
@@ -9,8 +17,9 @@ out_dir = "../figures"
 # %% [markdown]
 # # 05 · CADA — Cross-Modal Adaptive Dual Association
 #
-# Lin, Peng, Meng, Zheng, *IEEE TMM* 2024 (arXiv 2312.01745). Spec: `shared/specs/cada.md`;
-# code: `tbpr/models/cada.py`.
+# Lin, Peng, Meng, Zheng, *IEEE TMM* 2024 (arXiv 2312.01745). Code: `tbpr/papers/cada/model.py` (the
+# network), `tbpr/papers/cada/recipe.py` (the figure checks), `tbpr/papers/cada/paper.yaml` (profiles
+# and ablation rows, with the paper's numbers).
 #
 # **The idea.** A BLIP-style dual encoder (ViT image encoder, BERT text encoder) is aligned globally
 # by the *Normalized Distribution Fitting* (NDF) loss. On top, the text encoder doubles as a
@@ -39,10 +48,10 @@ import pandas as pd
 import torch
 
 from tbpr import experiments
-from tbpr.config import ablation_rows
 from tbpr.evaluate import encode_split, score_features
-from tbpr.papers import count_parameters, create_model, get_config, parameter_table
-from tbpr.papers.cada.model import CADA, attention_pointing, masked_attribute_accuracy
+from tbpr.papers import ablation_rows, count_parameters, create_model, get_config, paper_numbers, parameter_table
+from tbpr.papers.cada.model import CADA
+from tbpr.papers.cada.recipe import attention_pointing, masked_attribute_accuracy
 from tbpr.viz import ablation_table, overlay_heatmap, plot_history, save_figure, save_table, versus_chance
 from tbpr.viz.figures import to_display_image
 
@@ -59,8 +68,8 @@ t5_cfg = "table5" if profile == "paper" else "table5_cpu"  # the CPU profiles ha
 t7_cfg = "table7" if profile == "paper" else "table7_cpu"
 # the ablation tables this notebook trains; the smoke profile (a test of this notebook) keeps only the
 # rows listed here (mostly rows equal to the full model, which is cached)
-SMOKE_ROWS = {"table4": ["0 Baseline (CMPM)", "5/6 +NDF+ARA+ATP"], t5_cfg: ["72/72"], "fig4": ["r=0.8"],
-              t7_cfg: ["6 layers (2+2+2)"]}
+SMOKE_ROWS = {"table4": ["0 Baseline (CMPM)", "5 +NDF+ARA+ATP (G)", "6 +NDF+ARA+ATP (L)"], t5_cfg: ["72/72"],
+              "fig4": ["r=0.8"], t7_cfg: ["6 layers (2+2+2)"]}
 
 
 def rows_of(table):
@@ -72,12 +81,12 @@ print(f"profile={profile}  seeds={seeds}  input {cfg.data.image_size}  k={K}")
 
 # %% [markdown]
 # ## 1 · Shapes through the model
-# One training batch of the chosen profile, followed tensor by tensor (spec §2).
+# One training batch of the chosen profile, followed tensor by tensor.
 
 # %%
 root = experiments.resolve_data_root(dataset, data_root, profile)
 records = experiments.load_records(dataset, root)
-model = CADA.build_for_data(cfg, records["train"]).eval()
+model = experiments.build_model("cada", cfg, records["train"]).eval()
 from tbpr.data.datasets import load_eval_images  # noqa: E402
 
 demo = records["test"][:4]
@@ -104,9 +113,9 @@ print("masked  :", " ".join(model.tokenizer.decode(int(i)) for i in masked_ids[0
 
 # %% [markdown]
 # ## 2 · Parameters at the paper profile
-# Built on the `meta` device (no memory). The paper does not print a total (its Table VII is missing
-# from our text); the spec estimates ≈225M from ViT-B/16 (≈86M) + BERT-base with cross-attention
-# (≈137M incl. embeddings).
+# Built on the `meta` device (no memory). The paper prints no total here; its backbones give the
+# expected size: ViT-B/16 (≈86M) + BERT-base with a cross-attention sub-layer in every layer (≈137M
+# incl. embeddings), ≈225M.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -115,7 +124,7 @@ table = parameter_table(paper_model)
 expected = {"visual_encoder": "≈86M (ViT-B/16)", "text_encoder": "≈137M (BERT-base + 12 CA)"}
 params = pd.DataFrame([(k, f"{v:,}", expected.get(k, "")) for k, v in table.items()]
                       + [("total", f"{count_parameters(paper_model):,}", "≈225M")],
-                      columns=["component", "ours", "spec / paper"]).set_index("component")
+                      columns=["component", "ours", "expected"]).set_index("component")
 save_table(params, FIG / "parameters")
 print(f"this profile ({profile}): {count_parameters(model):,} parameters")
 params
@@ -162,9 +171,9 @@ def timed_metrics_at(result, k):
     return m, 1000 * (time.perf_counter() - start) / m["num_queries"]
 
 
+paper_t4 = paper_numbers("cada", "table4")  # rows 5 / 6 are the full model, G / L (= Table I)
 main = ablation_table({"CADA-G": [metrics_at(r, 0) for r in full], f"CADA-L (k={K})": [metrics_at(r, K) for r in full]},
-                      paper={"CADA-G": {"R1": 73.48, "R5": 89.57, "R10": 94.10, "mAP": 65.82},
-                             f"CADA-L (k={K})": {"R1": 78.37, "R5": 91.57, "R10": 94.58, "mAP": 68.87}})
+                      paper={"CADA-G": paper_t4["5 +NDF+ARA+ATP (G)"], f"CADA-L (k={K})": paper_t4["6 +NDF+ARA+ATP (L)"]})
 save_table(main, FIG / "metrics")
 # a random ranking puts a true match first with probability (images of the query's id) / (gallery size)
 gallery_pids = [r.pid for r in records["test"]]
@@ -175,22 +184,19 @@ main
 
 # %% [markdown]
 # ## 5 · Table IV — components (NDF, ARA, ATP; G and L)
-# Rows 3/4 and 5/6 are one trained model each, evaluated without (G) and with (L) re-ranking.
+# Rows 3/4 and 5/6 are one trained model each (one cached run), evaluated without (G) and with (L)
+# re-ranking; rows 0-2 have no ATP head and are evaluated globally.
 
 # %%
-PAPER_T4 = {"0 Baseline (CMPM)": (64.36, 83.36, 88.78, 58.18), "1 +NDF": (71.79, 88.78, 93.28, 64.77),
-            "2 +NDF+ARA": (72.93, 89.20, 93.30, 65.27), "3 +NDF+ATP (G)": (73.01, 88.94, 93.46, 65.49),
-            "4 +NDF+ATP (L)": (77.78, 91.15, 94.50, 68.46), "5 +NDF+ARA+ATP (G)": (73.48, 89.57, 94.10, 65.82),
-            "6 +NDF+ARA+ATP (L)": (78.37, 91.57, 94.58, 68.87)}
-paper_t4 = {k: dict(zip(("R1", "R5", "R10", "mAP"), v)) for k, v in PAPER_T4.items()}
+def protocol_metrics(label, results):
+    """A "(G)" row scored here without re-ranking, an "(L)" row with it; other rows: the runs' metrics."""
+    if label.endswith(("(G)", "(L)")):
+        return [metrics_at(r, K if label.endswith("(L)") else 0) for r in results]
+    return [r.metrics for r in results]
+
+
 t4_runs = experiments.run_many("cada", rows_of("table4"), seeds, profile, **run_kw)
-t4 = {label: [r.metrics for r in t4_runs[label]] for label in ("0 Baseline (CMPM)", "1 +NDF", "2 +NDF+ARA")
-      if label in t4_runs}
-for trained, (g, l) in {"3/4 +NDF+ATP": ("3 +NDF+ATP (G)", "4 +NDF+ATP (L)"),
-                        "5/6 +NDF+ARA+ATP": ("5 +NDF+ARA+ATP (G)", "6 +NDF+ARA+ATP (L)")}.items():
-    if trained in t4_runs:
-        t4[g] = [metrics_at(r, 0) for r in t4_runs[trained]]
-        t4[l] = [metrics_at(r, K) for r in t4_runs[trained]]
+t4 = {label: protocol_metrics(label, rs) for label, rs in t4_runs.items()}
 table4 = ablation_table(t4, paper_t4, metrics=("R1", "R5", "R10", "mAP"))
 save_table(table4, FIG / "table4")
 table4
@@ -201,11 +207,9 @@ table4
 # rows keep the paper's labels and group counts.
 
 # %%
-PAPER_T5 = {"36/36": (77.78, 68.46), "36/18": (77.53, 68.31), "24/24": (77.45, 68.45),
-            "48/24": (77.47, 68.43), "72/72": (77.01, 68.06)}
 t5_runs = experiments.run_many("cada", rows_of(t5_cfg), seeds, profile, **run_kw)
 table5 = ablation_table({label: [metrics_at(r, K) for r in rs] for label, rs in t5_runs.items()},
-                        {k: {"R1": a, "mAP": b} for k, (a, b) in PAPER_T5.items()}, metrics=("R1", "mAP"))
+                        paper_numbers("cada", t5_cfg), metrics=("R1", "mAP"))
 table5.insert(0, "groups", [CADA.num_groups(get_config("cada", profile, ablation_rows("cada", t5_cfg)[label]))
                             for label in table5.index])
 save_table(table5, FIG / "table5")
@@ -250,7 +254,7 @@ fig4
 
 # %% [markdown]
 # ## 9 · Table VII — attention layers vs parameters and accuracy
-# The paper's table is missing from our text; §IV-F says fewer attention layers lower accuracy.
+# No numbers of Table VII are transcribed here; §IV-F says fewer attention layers lower accuracy.
 # Paper-scale parameter counts (meta device) beside CPU-scale accuracy.
 
 # %%
@@ -268,7 +272,7 @@ table7
 
 # %% [markdown]
 # ## 10 · Fig. 5 — word → patch cross-attention maps
-# Decoder cross-attention probabilities of each word, averaged over heads and all layers (spec §7).
+# Decoder cross-attention probabilities of each word, averaged over heads and all layers.
 
 # %%
 net = features(full[0])[0]
@@ -383,7 +387,7 @@ lines = [f"- Full CADA-L reaches R1 {r1:.1f}% on the SynthPedes {profile} test s
          + versus_chance(r1, chance_r1, num_queries)
          + ("" if r1 >= 5 * chance_r1 else ": this CPU-sized, randomly initialised model has barely learned the task "
             "at this budget, so most comparisons below are within seed noise")
-         + "); the paper reports 78.37% on CUHK-PEDES."]
+         + f"); the paper reports {paper_t4['6 +NDF+ARA+ATP (L)']['R1']:.2f}% on CUHK-PEDES."]
 for a, b, what in [("0 Baseline (CMPM)", "1 +NDF", "NDF instead of CMPM"), ("1 +NDF", "2 +NDF+ARA", "+ARA"),
                    ("1 +NDF", "3 +NDF+ATP (G)", "+ATP (global protocol)"),
                    ("3 +NDF+ATP (G)", "4 +NDF+ATP (L)", "re-ranking (L vs G, NDF+ATP)"),

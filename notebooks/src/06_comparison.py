@@ -1,3 +1,11 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # 06 · The five papers side by side on SynthPedes
 #
@@ -39,7 +47,7 @@ from PIL import Image
 
 from tbpr import experiments
 from tbpr.evaluate import retrieval_metrics
-from tbpr.papers import available_models, count_parameters, create_model
+from tbpr.papers import available_models, count_parameters, create_model, get_config
 from tbpr.viz import ablation_table, retrieval_grid, save_figure, save_table
 from tbpr.viz import comparison as cmp
 
@@ -54,7 +62,7 @@ print("models:", models, "| profile:", profile, "| seeds:", seeds, "| torch thre
 
 # %% [markdown]
 # ## 1 · What the papers report (text → image, %)
-# Each paper's own numbers, transcribed in `shared/specs/<paper>.md`; `-` where the paper does not
+# Each paper's own numbers, from the results table named beside each; `-` where the paper does not
 # report it (MIA predates ICFG-PEDES and RSTPReid; SSAN and LGUR report no RSTPReid; only CADA reports
 # mAP). CADA is listed twice: global cosine scores (CADA-G) and with its decoder re-ranking the top-k
 # gallery images of every query (CADA-L). Later papers do list third-party numbers (e.g. MIA 46.49
@@ -88,7 +96,7 @@ paper
 # Every method at this profile's configuration, one run per seed.
 
 # %%
-K = getattr(experiments.get_config("cada", profile), "rerank_k", 32)
+K = getattr(get_config("cada", profile), "rerank_k", 32)
 PROTOCOLS = {m: ({"cada-G": 0, "cada-L": K} if m == "cada" else {m: 0}) for m in models}
 INFERENCE = {"mia": "pairwise: cross-modal attention on every pair", "ssan": "separate encoding",
              "lgur": "separate encoding", "ivt": "separate encoding", "cada-G": "separate encoding",
