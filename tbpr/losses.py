@@ -173,22 +173,31 @@ def pick_negatives(S: torch.Tensor, pids: torch.Tensor, margins: torch.Tensor,
 
 def ranking_hinges(S: torch.Tensor, pids: torch.Tensor, margins: torch.Tensor,
                    active: torch.Tensor | None = None, mining: str = "semi_hard_random",
-                   generator: torch.Generator | None = None) -> torch.Tensor:
+                   generator: torch.Generator | None = None, fallback: bool = False) -> torch.Tensor:
     """One direction of the ranking loss: Σ_b [m_b − S_bb + S_b,n(b)]_+ over active anchors b that
-    have a negative n(b) (sum reduction, as the SSAN code; anchors without one add nothing)."""
+    have a negative n(b) (sum reduction, as the SSAN code; anchors without one add nothing).
+
+    ``fallback`` (the SSAN code, which always builds at least one triplet): when no anchor
+    contributes, the one term of the last anchor and its first negative (the first column of another
+    identity) with the last anchor's margin; without it that case gives 0."""
     pick, found = pick_negatives(S, pids, margins, mining, generator)
     keep = found if active is None else found & active
     hinge = (margins - S.diagonal() + S.gather(1, pick[:, None]).squeeze(1)).clamp(min=0)
+    if fallback and not bool(keep.any()):
+        others = (pids != pids[-1]).nonzero()
+        if len(others):
+            return (margins[-1] - S[-1, -1] + S[-1, others[0, 0]]).clamp(min=0)
     return (hinge * keep).sum()
 
 
 def bidirectional_ranking_loss(S: torch.Tensor, pids: torch.Tensor, margins: torch.Tensor,
                                active: torch.Tensor | None = None, mining: str = "semi_hard_random",
-                               generator: torch.Generator | None = None) -> torch.Tensor:
+                               generator: torch.Generator | None = None,
+                               fallback: bool = False) -> torch.Tensor:
     """SSAN Eq. 18 with per-anchor margins: images rank captions (rows of ``S``) and captions rank
     images (rows of ``S.T``); row b of both directions shares margin m_b and mask a_b."""
-    return (ranking_hinges(S, pids, margins, active, mining, generator)
-            + ranking_hinges(S.t(), pids, margins, active, mining, generator))
+    return (ranking_hinges(S, pids, margins, active, mining, generator, fallback)
+            + ranking_hinges(S.t(), pids, margins, active, mining, generator, fallback))
 
 
 def weak_margins(s_pos: torch.Tensor, s_weak: torch.Tensor, *, alpha1: float = 0.2,
@@ -223,7 +232,7 @@ def compound_ranking_loss(image: torch.Tensor, text: torch.Tensor, weak_text: to
                           margin: str = "adaptive", fixed_alpha2: float = 0.1, warmup: bool = False,
                           min_margin: float = 0.16, variant: str = "official",
                           mining: str = "semi_hard_random", weak_valid: torch.Tensor | None = None,
-                          generator: torch.Generator | None = None) -> torch.Tensor:
+                          generator: torch.Generator | None = None, fallback: bool = False) -> torch.Tensor:
     """SSAN compound ranking loss (Eq. 19): strong bidirectional terms on (I_p, D_p) with margin α1,
     plus β × weak terms whose positive is D'_p, a caption of another image of the same identity,
     with margin α2 (``weak_margins``). Features are ``[B, ...]`` and compared by the cosine of their
@@ -231,10 +240,10 @@ def compound_ranking_loss(image: torch.Tensor, text: torch.Tensor, weak_text: to
 
     Weak-term negatives: ``official`` uses S(I_p, D'_n) for the image anchor (the code), ``paper``
     S(I_p, D_n) (Eq. 19); the caption anchor uses S(I_n, D'_p) in both. ``weak_valid`` masks out
-    anchors for which no D' exists."""
+    anchors for which no D' exists. ``fallback``: see :func:`ranking_hinges`."""
     S = cosine_matrix(image, text)
     strong = bidirectional_ranking_loss(S, pids, torch.full_like(S.diagonal(), alpha1), None,
-                                        mining, generator)
+                                        mining, generator, fallback)
     if beta == 0 or weak_text is None:
         return strong
     S_weak = cosine_matrix(image, weak_text)
@@ -245,8 +254,31 @@ def compound_ranking_loss(image: torch.Tensor, text: torch.Tensor, weak_text: to
         active = active & weak_valid
     if variant == "paper":
         image_anchor = S - torch.diag_embed(S.diagonal()) + torch.diag_embed(S_weak.diagonal())
-        weak = (ranking_hinges(image_anchor, pids, alpha2, active, mining, generator)
-                + ranking_hinges(S_weak.t(), pids, alpha2, active, mining, generator))
+        weak = (ranking_hinges(image_anchor, pids, alpha2, active, mining, generator, fallback)
+                + ranking_hinges(S_weak.t(), pids, alpha2, active, mining, generator, fallback))
     else:
-        weak = bidirectional_ranking_loss(S_weak, pids, alpha2, active, mining, generator)
+        weak = bidirectional_ranking_loss(S_weak, pids, alpha2, active, mining, generator, fallback)
     return strong + beta * weak
+
+
+# --- irra ---
+def sdm_loss(image_feats: torch.Tensor, text_feats: torch.Tensor, pids: torch.Tensor,
+             logit_scale: float, eps: float = 1e-8) -> torch.Tensor:
+    """IRRA's similarity distribution matching (Eq. 2-4): the softmax of the scaled cosine
+    similarities of each text to every image of the batch, p, is pulled to the true-match
+    distribution q = y / sum(y) (y_ij = 1 where the identities match) by KL(p || q); the same for each
+    image against the texts; the two directions are summed, each averaged over its rows."""
+    y = (pids[:, None] == pids[None, :]).float()
+    q = y / y.sum(1, keepdim=True)
+    s = logit_scale * F.normalize(text_feats, dim=-1) @ F.normalize(image_feats, dim=-1).T  # [text, image]
+
+    def kl(logits):
+        return (F.softmax(logits, dim=1) * (F.log_softmax(logits, dim=1) - torch.log(q + eps))).sum(1).mean()
+
+    return kl(s) + kl(s.T)  # y is symmetric, so q serves both directions
+
+
+def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """IRRA's implicit relation reasoning: cross-entropy of the masked tokens' predictions; label 0
+    marks a position that was not masked (ignored)."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=0)
