@@ -1,18 +1,22 @@
 """tbpr.bench: the eval benchmark agrees with the naive reference; the model benchmark runs the
 model contract (training steps, encoders, similarity, rerank) and extrapolates honestly."""
+import types
+
 import numpy as np
 import pytest
 import torch
 
 import tbpr.bench as bench
+import tbpr.papers
 from tbpr.config import ModelConfig
-from tbpr.papers import _REGISTRY, get_config
-from tbpr.papers.base import TBPRModel
+from tbpr.papers.base import Recipe, TBPRModel
 
 from test_evaluate import reference_metrics
 
 
 class TinyModel(TBPRModel):
+    name = "tiny"
+    reranks = True
     calls: dict = {}
 
     def __init__(self, cfg):
@@ -46,11 +50,14 @@ class TinyModel(TBPRModel):
 
 @pytest.fixture
 def tiny(monkeypatch):
-    monkeypatch.setitem(_REGISTRY, "tiny", (TinyModel, ModelConfig))
-    monkeypatch.setattr(bench, "available_models", lambda: ["tiny"], raising=False)
-    import tbpr.config
-    monkeypatch.setattr(tbpr.config, "load_presets", lambda name: {
-        "quick": {"data": {"image_size": [16, 8], "batch_size": 6}}})
+    """Serve model "tiny" (no registry: patch the paper lookup, delegating the real papers)."""
+    paper_module, load_presets = tbpr.papers.paper_module, tbpr.papers.load_presets
+    tiny_paper = types.SimpleNamespace(MODEL=TinyModel, CONFIG=ModelConfig, RECIPE=Recipe())
+    monkeypatch.setattr(tbpr.papers, "paper_module",
+                        lambda name: tiny_paper if name == "tiny" else paper_module(name))
+    monkeypatch.setattr(tbpr.papers, "load_presets", lambda name: {
+        "quick": {"data": {"image_size": [16, 8], "batch_size": 6}}} if name == "tiny" else load_presets(name))
+    monkeypatch.setattr(bench, "available_models", lambda: ["tiny"])
     return "tiny"
 
 

@@ -17,7 +17,7 @@ def test_saved_checkpoint_reloads_to_the_same_metrics(smoke_root, tmp_path):
     assert evaluate(reloaded, records["test"], data_cfg, rerank_k=4, progress=False) == result.metrics
     glob = evaluate(reloaded, records["test"], data_cfg, rerank_k=0, progress=False)
     # a fresh model of the same config is a different function until the checkpoint is loaded
-    fresh = type(reloaded).build_for_data(reloaded.cfg, records["train"])
+    fresh = experiments.build_model("cada", reloaded.cfg, records["train"])
     assert evaluate(fresh, records["test"], data_cfg, progress=False) != glob
     load_checkpoint(fresh, f"{result.run_dir}/model.safetensors")
     assert evaluate(fresh, records["test"], data_cfg, progress=False) == glob

@@ -6,13 +6,18 @@ import pandas as pd
 import pytest
 import torch
 
-import toymodel  # noqa: F401  registers "toy"
+import toymodel
 from tbpr.evaluate import retrieval_metrics
 from tbpr.viz.comparison import (NOT_STATED, breakdown, clearly_differs, differing_attributes,
                                  epoch_seconds, example_queries, family_pairs, family_share_of_negatives,
                                  items_group, kind_of, mentioned_items,
                                  pair_wins, pareto_front, query_outcomes, query_table,
                                  rerank_ranking, stated_attributes, timed_scores, visible_attributes)
+
+
+@pytest.fixture(autouse=True)
+def _toy(monkeypatch):
+    toymodel.install(monkeypatch)  # serves model "toy"
 
 
 # --------------------------------------------------------------------------- ranking and cost
@@ -50,7 +55,8 @@ def test_timed_scores_ranks_like_evaluate_and_times_every_step(smoke_root, monke
     def toy_rerank(self, text_feats, image_feats, topk):  # a second opinion: negated cosine
         return -(text_feats[:, None, :] * image_feats[topk]).sum(-1)
 
-    monkeypatch.setattr(toymodel.Toy, "rerank", toy_rerank, raising=False)
+    monkeypatch.setattr(toymodel.Toy, "rerank", toy_rerank)
+    monkeypatch.setattr(toymodel.Toy, "reranks", True)
     torch.manual_seed(0)
     model = create_model("toy")
     test = load("synthpedes", smoke_root)["test"]
@@ -79,7 +85,7 @@ def test_timed_scores_refuses_rerank_without_a_rerank_method(smoke_root):
     from tbpr.data.formats import load
     from tbpr.papers import create_model
     model = create_model("toy")
-    with pytest.raises(ValueError, match="no rerank"):
+    with pytest.raises(ValueError, match="does not re-rank"):
         timed_scores(model, load("synthpedes", smoke_root)["test"], model.cfg.data, rerank_k=3)
 
 

@@ -3,8 +3,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tbpr.config import (ModelConfig, TrainConfig, apply_overrides, config_hash, load_config,
-                         preset, save_config)
+from tbpr.config import ModelConfig, TrainConfig, apply_overrides, config_hash, load_config, save_config
+from tbpr.papers import preset
 
 
 @dataclass
@@ -50,4 +50,4 @@ def test_yaml_round_trip(tmp_path):
 
 def test_unknown_profile_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown profile 'fast'"):
-        preset(ToyConfig, "toy", "fast")
+        preset("ssan", "fast")

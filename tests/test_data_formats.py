@@ -4,7 +4,8 @@ import shutil
 
 import pytest
 
-from tbpr.data import formats, synthetic
+from tbpr import synthpedes as synthetic
+from tbpr.data import formats
 from tbpr.data.formats import DatasetError
 
 

@@ -21,6 +21,8 @@ class ColourModel(TBPRModel):
     """Images -> mean colour (normalised space); captions -> the named colour. Features are dicts,
     so the evaluator has to concatenate and slice them."""
 
+    reranks = True
+
     def __init__(self):
         super().__init__(cfg=None)
         self.scale = torch.nn.Parameter(torch.ones(()))
@@ -115,6 +117,7 @@ def test_evaluate_reranks_top_k_with_the_query_rows(split, k):
 
 def test_rerank_needs_a_model_with_rerank(split):
     model = ColourModel()
-    model.rerank = None
-    with pytest.raises(ValueError, match="has no rerank"):
+    model.reranks = False  # a model that does not re-score a top-k says so
+    with pytest.raises(ValueError, match="does not re-rank"):
         evaluate(model, split, DATA, rerank_k=3, progress=False)
+    assert model.rerank_calls == 0

@@ -3,7 +3,12 @@ import pytest
 
 from tbpr import experiments
 
-import toymodel  # registers "toy"
+import toymodel
+
+
+@pytest.fixture(autouse=True)
+def _toy(monkeypatch):
+    toymodel.install(monkeypatch)  # serves model "toy", here and in run_many's workers
 
 
 def _run(**kw):
@@ -77,7 +82,8 @@ def test_another_eval_protocol_reuses_the_trained_checkpoint(smoke_root, monkeyp
     first = _run(root=smoke_root, seed=0)
     monkeypatch.setattr(experiments, "_train", lambda *a, **k: pytest.fail("retrained"))
     toy_rerank = lambda self, text, image, topk: self.similarity(text, image).gather(1, topk)  # noqa: E731
-    monkeypatch.setattr(toymodel.Toy, "rerank", toy_rerank, raising=False)
+    monkeypatch.setattr(toymodel.Toy, "rerank", toy_rerank)
+    monkeypatch.setattr(toymodel.Toy, "reranks", True)
     reranked = _run(root=smoke_root, seed=0, rerank_k=5)
     assert reranked.key == first.key and reranked.spec["rerank_k"] == 5
     assert reranked.metrics["R1"] == pytest.approx(first.metrics["R1"])  # same scores, same order
@@ -94,20 +100,24 @@ def test_run_many_in_parallel_workers_matches_one_process(smoke_root, tmp_path, 
 
 
 def test_code_version_follows_shared_code_and_own_model_only(tmp_path, monkeypatch):
-    for rel in ("engine.py", "models/mia.py", "models/cada.py", "configs/cada.yaml", "viz/plots.py"):
+    from tbpr import cache
+    for rel in ("engine.py", "papers/mia/model.py", "papers/cada/model.py", "papers/cada/paper.yaml",
+                "viz/plots.py"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text("x = 1\n")
-    monkeypatch.setattr(experiments, "PACKAGE_DIR", tmp_path)
+    monkeypatch.setattr(cache, "PACKAGE_DIR", tmp_path)
 
     def versions():
-        experiments.code_version.cache_clear()
-        return experiments.code_version("mia"), experiments.code_version("cada")
+        cache.code_version.cache_clear()
+        return cache.code_version("mia"), cache.code_version("cada")
 
     mia, cada = versions()
-    (tmp_path / "models/cada.py").write_text("x = 2\n")
+    (tmp_path / "papers/cada/model.py").write_text("x = 2\n")
     assert versions() == (mia, versions()[1]) and versions()[1] != cada  # CADA's edit: MIA kept
+    (tmp_path / "papers/cada/paper.yaml").write_text("x: 2\n")
+    assert versions()[0] == mia and versions()[1] != cada
     (tmp_path / "viz/plots.py").write_text("x = 2\n")
     assert versions()[0] == mia  # plotting code cannot change a trained model
     (tmp_path / "engine.py").write_text("x = 2\n")
     assert versions()[0] != mia  # shared training code invalidates every model
-    experiments.code_version.cache_clear()
+    cache.code_version.cache_clear()

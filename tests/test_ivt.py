@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from tbpr.losses import cmpm_loss, itc_loss, itm_loss
-from tbpr.papers import count_parameters, create_model, get_config
+from tbpr.papers import count_parameters, create_model, get_config, recipe
 from tbpr.papers.ivt import model as ivt_module
 from tbpr.papers.ivt.model import (IVT, bmm_keep_index, load_vit_bert, phrase_candidates,
                              word_level_text)
@@ -269,12 +269,15 @@ def test_pretrain_switch_starts_from_the_pretrained_encoder(tmp_path):
     source = tiny()
     save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(tmp_path / "enc.safetensors"))
     with_pre = tiny(pretrain=True, pretrain_checkpoint=str(tmp_path / "enc.safetensors"))
+    assert not torch.equal(with_pre.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)  # built only
+    recipe("ivt").warm_start(with_pre, [])  # what experiments.build_model does before training
     without = tiny()
+    recipe("ivt").warm_start(without, [])  # pretrain=False: nothing to start from
     for k, v in source.state_dict().items():
         assert torch.equal(with_pre.state_dict()[k], v), k
     assert not torch.equal(without.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
     with pytest.raises(ValueError, match="pretrain_checkpoint"):
-        tiny(pretrain=True, pretrain_corpus=None)
+        recipe("ivt").warm_start(tiny(pretrain=True, pretrain_corpus=None), [])
 
 
 def test_pretrainer_computes_itc_itm_mlm_and_trains_the_fusion_encoder():

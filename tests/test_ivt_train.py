@@ -7,16 +7,17 @@ import torch
 
 from tbpr import experiments
 from tbpr.evaluate import evaluate
-from tbpr.papers import create_model
-from tbpr.papers.ivt import model as ivt_module
+from tbpr.papers import create_model, get_config
+from tbpr.papers.ivt import recipe as ivt_recipe
+from tbpr.synthpedes import render
 
 
 @pytest.fixture()
-def isolated_cache(tmp_path, monkeypatch):
+def isolated_cache(tmp_path, monkeypatch, smoke_root):
     monkeypatch.setenv("TBPR_CACHE", str(tmp_path))
-    # rendered SynthPedes is shared with the other tests: point the data at the usual cache
-    from tbpr import synthpedes as synthetic
-    monkeypatch.setattr(synthetic, "cache_dir", lambda: experiments.Path.home() / ".cache" / "tbpr")
+    # rendered SynthPedes is shared with the other tests: point the data at the session's cache
+    session_cache = smoke_root.parents[1]  # <cache>/synthpedes/<profile>-seed<s>-v<version>
+    monkeypatch.setattr(render, "cache_dir", lambda: session_cache)
     return tmp_path
 
 
@@ -35,24 +36,30 @@ def test_a_pre_run_reloads_from_its_checkpoint_without_pretraining_again(isolate
     torch.set_num_threads(1)
     result = experiments.run("ivt", "smoke", {"pretrain": True, "pretrain_epochs": 1}, seed=0,
                              progress=False)
-    shutil.rmtree(isolated_cache / "ivt_pretrain")
+    shutil.rmtree(isolated_cache / "pretrain" / "ivt")
     model = result.load_model()
-    assert not (isolated_cache / "ivt_pretrain").exists()
+    assert not (isolated_cache / "pretrain" / "ivt").exists()
     assert model.cfg.pretrain  # the config is the trained one; only its initialisation was skipped
 
 
-def test_pretraining_runs_once_and_the_pre_model_starts_from_its_encoder(isolated_cache):
+def test_pretraining_runs_once_and_the_pre_model_starts_from_its_encoder(isolated_cache, smoke_root):
     torch.set_num_threads(1)
+    train = experiments.load_records("synthpedes", smoke_root)["train"]
     cfg_over = {"pretrain": True, "pretrain_epochs": 1}
-    first = create_model("ivt", "smoke", **cfg_over)
-    path = ivt_module.ensure_pretrained(first.cfg)
-    assert path.exists() and path.is_relative_to(isolated_cache)
+    path = ivt_recipe.ensure_pretrained(get_config("ivt", "smoke", cfg_over))
+    assert path.exists() and path.is_relative_to(isolated_cache / "pretrain" / "ivt")
     stamp = path.stat().st_mtime_ns
-    second = create_model("ivt", "smoke", **cfg_over, mla=False, bmm=False)  # switches share it
-    assert ivt_module.ensure_pretrained(second.cfg).stat().st_mtime_ns == stamp
+    first = experiments.build_model("ivt", get_config("ivt", "smoke", cfg_over), train)  # the warm start
+    second = experiments.build_model("ivt", get_config("ivt", "smoke", {**cfg_over, "mla": False, "bmm": False}),
+                                     train)  # switches share it
+    assert ivt_recipe.ensure_pretrained(second.cfg).stat().st_mtime_ns == stamp
+    assert ivt_recipe.ensure_pretrained(first.cfg).stat().st_mtime_ns == stamp
     from safetensors.torch import load_file
     weights = load_file(str(path))
     for model in (first, second):
         assert torch.equal(model.blocks[0].attn.qkv.weight, weights["blocks.0.attn.qkv.weight"])
-    fresh = create_model("ivt", "smoke", pretrain=False)
+    built = create_model("ivt", "smoke", **cfg_over)  # the constructor alone never pre-trains
+    assert not torch.equal(built.blocks[0].attn.qkv.weight, weights["blocks.0.attn.qkv.weight"])
+    fresh = experiments.build_model("ivt", get_config("ivt", "smoke", {"pretrain": False}), train)
     assert not torch.equal(fresh.blocks[0].attn.qkv.weight, weights["blocks.0.attn.qkv.weight"])
+    assert path.stat().st_mtime_ns == stamp

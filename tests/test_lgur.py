@@ -6,9 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tbpr.config import ablation_rows
 from tbpr.losses import part_id_loss, semi_hard_ranking_loss
-from tbpr.papers import count_parameters, create_model, parameter_table
+from tbpr.papers import ablation_rows, count_parameters, create_model, parameter_table
 from tbpr.papers.lgur.model import CrossAttentionLayer
 
 # a tiny random frozen BERT keeps these unit tests independent of the MiniLM package
@@ -282,4 +281,4 @@ def test_checkpoint_reloads_to_the_same_metrics_without_storing_the_frozen_encod
 
     assert metrics(reloaded) == metrics(model)
     assert torch.equal(reloaded.encode_images(images), model.encode_images(images))
-    assert any((tmp_path / "cache" / "lgur_text").rglob("*.pt"))  # MiniLM outputs cached on disk
+    assert any((tmp_path / "cache" / "features" / "lgur_text").rglob("*.pt"))  # MiniLM outputs cached on disk

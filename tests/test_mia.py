@@ -4,8 +4,8 @@ import dataclasses
 import pytest
 import torch
 
-from tbpr.data.text import Vocabulary
-from tbpr.papers import count_parameters, create_model, get_config
+from tbpr.data.text import HashVocabulary, Vocabulary
+from tbpr.papers import count_parameters, create_model, get_config, recipe
 from tbpr.papers.mia.model import MIA, attended_cosine, fine_grained_scores, pad_phrases
 
 CAPTIONS = ["A woman wearing a red jacket and black and white shoes, carrying her phone.",
@@ -112,16 +112,17 @@ def test_similarity_is_the_fused_pairwise_score_and_chunking_changes_nothing():
 
 def test_paper_recipe_is_three_steps_with_the_papers_epochs_and_rates():
     model = create_model("mia", "paper", device="meta")
-    plan = [(name, c.epochs, c.lr, c.schedule, c.milestones) for name, c in model.stages()]
+    plan = [(name, c.epochs, c.lr, c.schedule, c.milestones) for name, c in recipe("mia").stages(model)]
     assert plan == [("step1", 10, 1e-3, "constant", ()), ("step2", 15, 2e-4, "multistep", (10,)),
                     ("step3", 5, 2e-4, "constant", ())]
-    assert all(c.optimizer == "adam" and c.weight_decay == 0 for _, c in model.stages())
+    assert all(c.optimizer == "adam" and c.weight_decay == 0 for _, c in recipe("mia").stages(model))
     combined = create_model("mia", "paper", device="meta", bfm="off", recipe="combined")
-    assert [(n, c.epochs, c.lr, c.milestones) for n, c in combined.stages()] == [("combined", 25, 2e-4, (10, 20))]
+    assert [(n, c.epochs, c.lr, c.milestones) for n, c in recipe("mia").stages(combined)] == [
+        ("combined", 25, 2e-4, (10, 20))]
 
 
 def _one_update(model, stage):
-    model.enter_stage(stage)
+    recipe("mia").enter_stage(model, stage)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=0.1)
@@ -165,7 +166,7 @@ def test_ablation_losses_follow_tables_i_and_iv():
 
 def test_step3_leaves_the_global_and_relation_scores_bit_identical():
     model = tiny()
-    model.enter_stage("step2")
+    recipe("mia").enter_stage(model, "step2")
     model.eval()
     with torch.no_grad():
         img, txt = model.encode_images(batch()["images"]), model.encode_texts(CAPTIONS)
@@ -185,5 +186,16 @@ def test_bad_config_values_name_the_field():
         get_config("mia", "smoke", {"bfm": "later"})
     with pytest.raises(ValueError, match="rga=True needs gc=True"):
         get_config("mia", "smoke", {"gc": False})
-    with pytest.raises(RuntimeError, match="build_for_data"):
-        MIA(get_config("mia", "smoke")).encode_texts(["a man"])
+
+
+def test_without_a_vocabulary_words_hash_into_vocab_size_rows():
+    cfg = get_config("mia", "smoke")
+    model = MIA(cfg).eval()  # no training captions: a benchmark, a parameter count, a first look
+    assert isinstance(model.vocab, HashVocabulary) and len(model.vocab) == cfg.vocab_size
+    assert model.text_embed.num_embeddings == cfg.vocab_size and model.extra_state() == {}
+    ids = model.vocab.encode("A man in a red jacket", cfg.data.max_caption_len)
+    assert len(ids) == 6 and all(2 <= i < cfg.vocab_size for i in ids) and ids[0] == ids[3]  # "a" twice
+    with torch.no_grad():
+        feats = model.encode_texts(["a man in a red jacket", "a woman with a blue bag"])
+    assert feats["T"].shape == (2, cfg.embed_dim) and torch.isfinite(feats["T"]).all()
+    assert len(feats["N_bfm"]) == 2 and all(torch.isfinite(n).all() for n in feats["N_bfm"])

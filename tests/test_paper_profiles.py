@@ -8,7 +8,7 @@ import torch
 
 from tbpr import experiments
 from tbpr.data.datasets import build_train_loader
-from tbpr.papers import get_config
+from tbpr.papers import get_config, recipe
 
 OFFLINE = {
     "ssan": {},
@@ -29,8 +29,9 @@ def test_paper_sized_model_trains_a_step_and_encodes(name, smoke_root):
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, batch_size=4, num_instances=2,
                                                             num_workers=0))
     model = experiments.build_model(name, cfg, records["train"]).train()
-    if hasattr(model, "stages"):
-        model.enter_stage(model.stages()[0][0])
+    paper = recipe(name)
+    paper.attach_training_data(model, records["train"])
+    paper.enter_stage(model, paper.stages(model)[0][0])
     batch = next(iter(build_train_loader(records["train"], model.cfg.data, seed=0)))
     assert tuple(batch["images"].shape[-2:]) == tuple(cfg.data.image_size)
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from tbpr.losses import bidirectional_ranking_loss, compound_ranking_loss, cosine_matrix
-from tbpr.papers import create_model, get_config, parameter_table
+from tbpr.papers import create_model, get_config, parameter_table, recipe
 from tbpr.papers.ssan.model import SSAN
 
 TINY = dict(backbone="strided_cnn", cnn_widths=(4, 8, 8, 16, 16), vocab_size=0, embed_dim=8,
@@ -32,8 +32,10 @@ def records(n_ids=4, images_per_id=2):
 
 def tiny(seed=0, **overrides):
     torch.manual_seed(seed)
-    cfg = get_config("ssan", "paper", {**TINY, **overrides})
-    return SSAN.build_for_data(cfg, records())
+    cfg, recs = get_config("ssan", "paper", {**TINY, **overrides}), records()
+    model = SSAN(cfg, **recipe("ssan").data_state(cfg, recs))
+    recipe("ssan").attach_training_data(model, recs)  # D' pool and epoch length of the ranking loss
+    return model
 
 
 def batch(model, b=4, seed=0):
@@ -104,7 +106,8 @@ def test_wam_part_features_follow_eq_8_9_11_and_global_rmp_sees_padding_zeros():
         E_g, E_l = model.word_features(ids, lengths)
         for b, n in enumerate(lengths.tolist()):
             assert E_l[b, n:].abs().sum() == 0  # zeros after the last word
-            rmp = torch.stack([E_g[b, i] for i in range(n)]).max(dim=0).values.clamp(min=0)  # A8
+            # the official code's max also sees the padding zeros, which floor it at 0
+            rmp = torch.stack([E_g[b, i] for i in range(n)]).max(dim=0).values.clamp(min=0)
             torch.testing.assert_close(t["g"][b], model.W_g.weight @ rmp)
             for k in range(6):
                 s = [torch.sigmoid(model.wam.weight[k] @ E_l[b, i]) for i in range(n)]  # Eq. 8
@@ -302,8 +305,9 @@ def test_saved_checkpoint_reloads_to_the_same_metrics(smoke_root):
     from tbpr.evaluate import evaluate
     result = experiments.run("ssan", "smoke", {"train.epochs": 1}, seed=0, progress=False)
     model = result.load_model()
-    assert int(model.steps_done) == model.steps_per_epoch  # the warm-up clock travels with the weights
     records = experiments.load_records("synthpedes", smoke_root)
+    one_epoch = sum(len(r.captions) for r in records["train"]) // model.cfg.data.batch_size  # drop_last
+    assert int(model.steps_done) == one_epoch  # the warm-up clock travels with the weights
     again = evaluate(model, records["test"], model.cfg.data, progress=False)
     for key in ("R1", "R5", "R10", "mAP", "mINP"):
         assert again[key] == pytest.approx(result.metrics[key], abs=1e-6)
@@ -311,8 +315,10 @@ def test_saved_checkpoint_reloads_to_the_same_metrics(smoke_root):
 
 def test_every_synthpedes_training_image_has_a_cross_caption_of_its_identity(smoke_root):
     from tbpr.data.formats import load
+    from tbpr.experiments import build_model
     train = load("synthpedes", smoke_root)["train"]
-    model = SSAN.build_for_data(get_config("ssan", "smoke", {"num_classes": 40}), train)
+    model = build_model("ssan", get_config("ssan", "smoke"), train)
+    recipe("ssan").attach_training_data(model, train)
     for i, pool in enumerate(model.cross_captions):
         same = [c for j, r in enumerate(train) if r.pid == train[i].pid and j != i for c in r.captions]
         assert pool == same and (pool or sum(r.pid == train[i].pid for r in train) == 1)

@@ -70,9 +70,8 @@ def test_reproduce_re_executes_a_notebook_whose_library_code_changed_since(tmp_p
 
 
 def test_comparison_notebooks_depend_on_every_model_and_paper_notebooks_on_their_own(monkeypatch):
-    from tbpr import experiments
     versions = {m: m[:3] for m in ("mia", "ssan", "lgur", "ivt", "cada")}
-    monkeypatch.setattr(experiments, "code_version", lambda model=None: versions.get(model, "lib"))
+    monkeypatch.setattr(reproduce, "code_version", lambda model=None: versions.get(model, "lib"))
     assert reproduce.notebook_code_version("04_ivt") == "ivt"
     before = reproduce.notebook_code_version("06_comparison")
     versions["cada"] = "new"
@@ -93,7 +92,7 @@ def test_reproduce_at_large_runs_the_paper_profile_and_leaves_the_quick_figures_
         calls.append((dst, parameters)), Path(dst).write_text("{}")))
     monkeypatch.setattr(reproduce, "REPO", tmp_path)
     monkeypatch.setattr(reproduce, "_write_provenance", lambda *a: None)
-    monkeypatch.setattr(summary, "write_summary", lambda figures_dir: figures_dir / "summary.md")
+    monkeypatch.setattr(reproduce, "write_summary", lambda figures_dir: figures_dir / "summary.md")
     reproduce.run_notebooks("large", notebook_dir=tmp_path, device="cuda")
     (dst, params), = calls
     assert params["profile"] == "paper" and params["device"] == "cuda"
@@ -115,7 +114,7 @@ def test_provenance_counts_the_runs_a_notebook_trained_rather_than_read_from_the
             (cache_dir() / "experiments" / name / "result.json").write_text("{}")
 
     monkeypatch.setattr(papermill, "execute_notebook", train_two_runs)
-    monkeypatch.setattr(summary, "write_summary", lambda figures_dir: figures_dir / "summary.md")
+    monkeypatch.setattr(reproduce, "write_summary", lambda figures_dir: figures_dir / "summary.md")
     reproduce.run_notebooks("quick", notebook_dir=tmp_path, figures_dir=tmp_path / "figures")
     assert "training 2 run(s)" in (tmp_path / "figures" / "x" / "run.md").read_text()
     stamped = json.loads((tmp_path / "executed" / "01_x.ipynb").read_text())["metadata"]["tbpr"]

@@ -1,4 +1,10 @@
-"""A tiny dual encoder registered as model "toy": the test double for runner / explorer tests."""
+"""A tiny dual encoder served as model "toy": the test double for runner / explorer tests.
+
+There is no model registry: ``tbpr.papers.paper_module(name)`` imports ``tbpr.papers.<name>``. A test
+module that runs the toy calls ``install(monkeypatch)`` (e.g. from an autouse fixture), which patches
+``paper_module`` and ``load_presets`` to answer "toy" and delegate every other name; ``worker``
+carries that patch into the processes ``experiments.run_many`` spawns."""
+import types
 import zlib
 from dataclasses import dataclass, field
 
@@ -6,8 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import tbpr.papers
+from tbpr import experiments
 from tbpr.config import DataConfig, ModelConfig, TrainConfig
-from tbpr.papers import TBPRModel, register_model
+from tbpr.papers import Recipe, TBPRModel
+
+NAME = "toy"
 
 
 @dataclass
@@ -19,9 +29,10 @@ class ToyConfig(ModelConfig):
     data: DataConfig = field(default_factory=lambda: DataConfig(image_size=(32, 16), batch_size=16))
 
 
-@register_model("toy", ToyConfig)
 class Toy(TBPRModel):
     """Colour statistics vs hashed bag of words, trained with a symmetric contrastive loss."""
+
+    name = NAME
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -45,3 +56,33 @@ class Toy(TBPRModel):
         same = (batch["pids"][:, None] == batch["pids"][None]).float()
         loss = -(F.log_softmax(logits, 1) * same / same.sum(1, keepdim=True)).sum(1).mean()
         return {"loss": loss, "contrastive": loss.detach()}
+
+
+PAPER = types.SimpleNamespace(MODEL=Toy, CONFIG=ToyConfig, RECIPE=Recipe())
+_real_paper_module = tbpr.papers.paper_module
+_real_load_presets = tbpr.papers.load_presets
+_real_run_in_worker = experiments._run_in_worker
+
+
+def paper_module(name: str):
+    return PAPER if name == NAME else _real_paper_module(name)
+
+
+def load_presets(name: str) -> dict:
+    """The toy has no paper.yaml: every profile is its config's defaults."""
+    return {} if name == NAME else _real_load_presets(name)
+
+
+def install(monkeypatch) -> None:
+    """Serve "toy" through ``tbpr.papers.paper_module`` (and in ``run_many``'s worker processes)."""
+    monkeypatch.setattr(tbpr.papers, "paper_module", paper_module)
+    monkeypatch.setattr(tbpr.papers, "load_presets", load_presets)
+    monkeypatch.setattr(experiments, "_run_in_worker", worker)
+
+
+def worker(*args, **kwargs):
+    """``experiments._run_in_worker`` in a spawned process, which imports this module to unpickle
+    it: patch ``paper_module`` and ``load_presets`` there too (for the rest of that short-lived process)."""
+    tbpr.papers.paper_module = paper_module
+    tbpr.papers.load_presets = load_presets
+    return _real_run_in_worker(*args, **kwargs)
