@@ -44,6 +44,11 @@ def cmd_bench(args) -> None:
     bench_main(args.rest)
 
 
+def cmd_pretrain(args) -> None:
+    from .zoo.pretrain import main as pretrain_main
+    pretrain_main(args.rest)
+
+
 def cmd_reproduce(args) -> None:
     run_notebooks(args.profile, only=args.only, device=args.device, force=args.force,
                   seeds=args.seeds)
@@ -102,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="benchmarks: tbpr bench eval | <model> | all", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("pretrain", help="re-create zoo weights: tbpr pretrain NAME|all [--profile smoke]",
+                       add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("reproduce", help="execute the notebooks with papermill at a profile")
     p.add_argument("--profile", default="quick", choices=(*PROFILES, "large"),

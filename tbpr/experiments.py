@@ -23,6 +23,7 @@ from types import SimpleNamespace
 import torch
 from tqdm.auto import tqdm
 
+from . import zoo
 from .cache import cache_dir, code_version, data_fingerprint, locked, read_json, write_json
 from .config import config_hash, to_dict
 from .data.datasets import build_train_loader
@@ -154,6 +155,8 @@ def run_spec(model: str, profile: str, overrides: dict | None, dataset: str, dat
     spec = {"model": model, "profile": profile, "config": to_dict(cfg), "dataset": dataset,
             "data": data_fingerprint(root), "seed": seed, "device": str(device).split(":")[0],
             "code": code_version(model)}
+    if weights := zoo.fingerprints(spec["config"]):  # a re-created zoo member is another run
+        spec["zoo"] = weights
     key = f"{model}-{profile}-{config_hash(spec)}"
     return cfg, {**spec, "data_root": str(root), "overrides": overrides or {}}, key
 

@@ -13,9 +13,10 @@ FLOORS = [
     ("tbpr.config", "tbpr.losses"),                                   # configs as data, objectives
     ("tbpr.data",),                                                   # formats, text, transforms
     ("tbpr.evaluate", "tbpr.engine", "tbpr.cache"),                   # metrics, training loop, caches
-    ("tbpr.synthpedes", "tbpr.backbones"),                            # the benchmark, shared trunks
+    ("tbpr.synthpedes", "tbpr.backbones", "tbpr.zoo"),                # benchmark, shared trunks, zoo loading
     ("tbpr.papers",),                                                 # one folder per paper
-    ("tbpr.experiments", "tbpr.summary", "tbpr.bench", "tbpr.reproduce"),  # runs, tables, timing
+    ("tbpr.experiments", "tbpr.summary", "tbpr.bench", "tbpr.reproduce",  # runs, tables, timing,
+     "tbpr.zoo.pretrain"),                                            # the zoo's pre-training recipes
     ("tbpr.viz", "tbpr.explorer"),                                    # plots and the widget
     ("tbpr.cli",),                                                    # the command line
 ]

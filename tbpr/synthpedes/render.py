@@ -26,7 +26,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +42,14 @@ PROFILES = {  # (train, val, test) identities, images per identity (min, max), c
     "smoke": dict(ids=(40, 10, 20), images=(2, 3), captions=2),
     "quick": dict(ids=(400, 50, 100), images=(3, 4), captions=2),
     "large": dict(ids=(11000, 1000, 1000), images=(2, 4), captions=2),
+    # the pre-training corpus of the zoo (tbpr/zoo): training identities only, drawn from their own
+    # random stream with ids from CORPUS_ID_BASE, and none whose attributes a benchmark split holds
+    "pretrain": dict(ids=(4000, 0, 0), images=(3, 3), captions=2, corpus=True),
+    "pretrain-smoke": dict(ids=(30, 0, 0), images=(2, 2), captions=2, corpus=True),
 }
+BENCHMARK_SEEDS = {"smoke": (0, 1), "quick": (0, 1), "large": (0,)}  # renders the benchmarks use
+CORPUS_ID_BASE = 100_000  # corpus ids (and so file names and per-image random streams) start above it
+CORPUS_STREAM = 7  # identities of a corpus come from default_rng([seed, 0, CORPUS_STREAM])
 REGION_CODES = {"head": 1, "hat": 2, "upper": 3, "lower": 4, "shoes": 5, "bag": 6, "held": 7,
                 "arms": 8, "legs": 9}
 REGIONS = ("head", "hat", "upper", "lower", "shoes", "bag", "held")
@@ -236,10 +243,28 @@ def mutate(p: dict, rng, n: int) -> dict:
     return q
 
 
+def identity_key(attrs: dict) -> str:
+    """What makes two identities the same person: every attribute but the per-image shades."""
+    return json.dumps({k: v for k, v in attrs.items() if k != "shades"}, sort_keys=True)
+
+
+@lru_cache(maxsize=1)
+def benchmark_identity_keys() -> frozenset:
+    """Identity keys of every benchmark render (``BENCHMARK_SEEDS``), ~8 s."""
+    return frozenset(identity_key(p["attrs"]) for profile, seeds in BENCHMARK_SEEDS.items()
+                     for seed in seeds for p in build_identities(profile, seed))
+
+
 def build_identities(profile: str, seed: int) -> list[dict]:
-    """All identities with their 1-based id, split and family, in id order."""
+    """All identities with their 1-based id, split and family, in id order.
+
+    A corpus profile (``corpus=True``) draws from its own stream, numbers its ids from
+    ``CORPUS_ID_BASE + 1`` and leaves out any identity a benchmark render holds (same attributes),
+    so no identity, family or image is shared with smoke, quick or large."""
     spec = PROFILES[profile]
-    rng = np.random.default_rng([seed, 0])
+    corpus = spec.get("corpus", False)
+    rng = np.random.default_rng([seed, 0, CORPUS_STREAM] if corpus else [seed, 0])
+    taken = benchmark_identity_keys() if corpus else frozenset()
     people, family = [], 0
     for split, n in zip(("train", "val", "test"), spec["ids"]):
         members: list[dict] = []
@@ -248,13 +273,14 @@ def build_identities(profile: str, seed: int) -> list[dict]:
             size = int(rng.integers(3, 7))
             for k in range(min(size, n - len(members))):
                 attrs = base if k == 0 else mutate(base, rng, int(rng.integers(1, 3)))
-                members.append({"split": split, "family": family, "attrs": attrs,
-                                "n_images": int(rng.integers(spec["images"][0],
-                                                             spec["images"][1] + 1))})
+                n_images = int(rng.integers(spec["images"][0], spec["images"][1] + 1))
+                if identity_key(attrs) not in taken:
+                    members.append({"split": split, "attrs": attrs, "n_images": n_images,
+                                    "family": family + (CORPUS_ID_BASE if corpus else 0)})
             family += 1
         people += members
     for i, person in enumerate(people):
-        person["id"] = i + 1
+        person["id"] = i + 1 + (CORPUS_ID_BASE if corpus else 0)
     return people
 
 

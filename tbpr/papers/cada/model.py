@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from ... import zoo
 from ...config import DataConfig, ModelConfig, TrainConfig, apply_overrides
 from ...data.text import Vocabulary, bert_tokenizer, pos_tag, wordpiece_words
 from ...losses import atp_loss, cmpm_loss, mam_loss, ndf_loss
@@ -614,11 +615,16 @@ def blip_to_cada_names(blip_state: dict) -> dict:
 def load_blip(model: CADA, path: str) -> None:
     """Initialise from BLIP ViT-B ``model_base.pth`` (local path); position embeddings are resized
     bicubically to this model's patch grid."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"pretrained={path!r}: BLIP checkpoint not found; download BLIP "
-                                "model_base.pth and pass its local path, or set pretrained=None")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = blip_to_cada_names(state.get("model", state))
+    if zoo.is_zoo(path):  # pre-trained here (tbpr/zoo); an image-only member fills the ViT alone
+        state = zoo.load(path, model.visual_encoder.grid)
+        if zoo.manifest(path)["layout"] == "timm-vit":
+            state = {f"visual_encoder.{k}": v for k, v in state.items()}
+    else:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"pretrained={path!r}: BLIP checkpoint not found; download BLIP "
+                                    "model_base.pth and pass its local path, or set pretrained=None")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = blip_to_cada_names(state.get("model", state))
     pos = state.get("visual_encoder.pos_embed")
     grid = model.visual_encoder.grid
     if pos is not None and pos.shape[1] != 1 + grid[0] * grid[1]:
@@ -630,5 +636,5 @@ def load_blip(model: CADA, path: str) -> None:
     if unexpected:
         raise ValueError(f"{path}: unexpected BLIP entries {unexpected[:5]}")
     random_init = [k for k in missing if not k.startswith("itm_local_head")]
-    if random_init:
+    if random_init and not zoo.is_zoo(path):  # an image-only zoo member leaves the text side by design
         print(f"CADA: {len(random_init)} tensors not in {path} stay randomly initialised, e.g. {random_init[:3]}")

@@ -36,6 +36,7 @@ from safetensors.torch import load_file
 
 from ...config import DataConfig, ModelConfig, TrainConfig, apply_overrides
 from ...data.text import bert_tokenizer, chunk
+from ... import zoo
 from ...losses import cmpm_loss, itc_loss, itm_loss, mam_loss
 from ..base import TBPRModel
 
@@ -449,7 +450,9 @@ def _init_weights(module: nn.Module) -> None:
 # ----------------------------------------------------------------------------------------------
 # Initialisation from ImageNet ViT-B/16 + BERT (Sec. 4.2)
 # ----------------------------------------------------------------------------------------------
-def _state_dict(source: str, kind: str) -> dict[str, torch.Tensor]:
+def _state_dict(source: str, kind: str, grid: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
+    if zoo.is_zoo(source):  # pre-trained here (tbpr/zoo), checksum-verified; positions at ``grid``
+        return zoo.load(source, grid)
     path = Path(source)
     if path.is_file():
         if path.suffix == ".safetensors":
@@ -471,6 +474,8 @@ def _state_dict(source: str, kind: str) -> dict[str, torch.Tensor]:
 def _resize_pos_embed(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """Class row copied, the square ViT grid bilinearly resized to the person grid h×w."""
     cls, patches = pos[:, :1], pos[:, 1:]
+    if patches.shape[1] == grid[0] * grid[1]:  # already this grid (a zoo ViT)
+        return pos
     side = int(math.isqrt(patches.shape[1]))
     patches = patches.reshape(1, side, side, -1).permute(0, 3, 1, 2)
     patches = F.interpolate(patches, size=grid, mode="bilinear", align_corners=False)
@@ -482,7 +487,7 @@ def load_vit_bert(model: IVT, vit: str | None, bert: str | None) -> None:
     the text MLPs (intermediate.dense / output.dense). BERT's own attention and LNs are discarded."""
     target = {}
     if vit:
-        sd = _state_dict(vit, "vit")
+        sd = _state_dict(vit, "vit", model.cfg.patch_grid)
         target["visual_embed.patch_embed.weight"] = sd["patch_embed.proj.weight"]
         target["visual_embed.patch_embed.bias"] = sd["patch_embed.proj.bias"]
         target["visual_embed.cls_token"] = sd["cls_token"]

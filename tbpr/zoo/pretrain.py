@@ -1,0 +1,200 @@
+"""Recipes of the zoo members: ``tbpr pretrain [NAME|all] [--profile smoke]`` re-creates a member
+from the recipe recorded here and writes ``weights/<name>.safetensors`` + its manifest.
+
+Image-only members play ImageNet's role (the papers' ViT-B/16 / DeiT from ImageNet classification):
+a timm ViT trained to classify the SynthPedes ground-truth attributes of each image (22 heads: gender,
+age, skin, hair, hat, glasses, garments and their colours, bag, held object, view; a masked
+cross-entropy per head, summed), on the ``pretrain`` corpus: a SynthPedes render disjoint from every
+benchmark split (tbpr/synthpedes/render.py: no identity, family or image shared). Only the trunk
+ships (no attribute heads), in timm's key layout, at the width / depth / patch size of the quick
+profile that loads it, and normalised as that profile's data pipeline normalises.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..cache import cache_dir
+from ..data.transforms import decode_image
+from ..synthpedes import ensure, load_ground_truth
+from . import WEIGHTS, sha256
+
+IMAGENET_HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # ViT-B/16 (orig_in21k) normalisation: IVT
+CLIP_NORM = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))  # BLIP: CADA
+
+# name -> recipe. ``for`` says which config field loads it, and whose weights it stands in for.
+MEMBERS = {
+    "vit-s": dict(
+        kind="vit-attributes", role="ViT-B/16 ImageNet weights (IVT: pretrained_vit)",
+        arch=dict(image_size=(64, 32), patch_size=8, embed_dim=64, depth=2, num_heads=2, mlp_ratio=2.0),
+        norm=IMAGENET_HALF, corpus=("pretrain", 0), steps=3000, batch_size=128, lr=1e-3,
+        weight_decay=0.05, warmup=200),
+    "vit-s-mlp4": dict(
+        kind="vit-attributes", role="BLIP's ViT-B/16 image encoder, image-only (CADA: pretrained)",
+        arch=dict(image_size=(96, 32), patch_size=8, embed_dim=64, depth=2, num_heads=4, mlp_ratio=4.0),
+        norm=CLIP_NORM, corpus=("pretrain", 0), steps=3000, batch_size=128, lr=1e-3,
+        weight_decay=0.05, warmup=200),
+}
+SMOKE = dict(corpus=("pretrain-smoke", 0), steps=4, batch_size=16, warmup=1)
+
+# identity attributes classified, with the condition under which the attribute exists
+ATTRIBUTES = {
+    "gender": None, "age": None, "skin": None, "hair_colour": None, "hair_length": None, "hat": None,
+    "hat_colour": ("hat", "none"), "glasses": None, "upper": None, "upper_colour": None,
+    "upper_colour2": ("pattern", "plain"), "pattern": None, "sleeve": None, "lower": None,
+    "lower_colour": ("lower", "none"), "shoes": None, "shoes_colour": None, "bag": None,
+    "bag_colour": ("bag", "none"), "held": None, "held_colour": ("held", "none"),
+}
+
+
+def attribute_labels(gt) -> tuple[list[str], dict[str, list], np.ndarray]:
+    """(file paths, classes per head, labels [n_images, 22] with -1 where an attribute is absent)."""
+    files = sorted(gt.images)
+    rows = []
+    for fp in files:
+        person = gt.identities[gt.images[fp].id]
+        row = {}
+        for attr, absent_if in ATTRIBUTES.items():
+            present = absent_if is None or person[absent_if[0]] != absent_if[1]
+            row[attr] = str(person[attr]) if present else None
+        row["view"] = gt.images[fp].view
+        rows.append(row)
+    heads = {a: sorted({r[a] for r in rows if r[a] is not None}) for a in rows[0]}
+    labels = np.array([[heads[a].index(r[a]) if r[a] is not None else -1 for a in heads] for r in rows])
+    return files, heads, labels
+
+
+class AttributeViT(nn.Module):
+    """timm ViT trunk ([CLS] after the final norm) + one linear head per attribute."""
+
+    def __init__(self, arch: dict, heads: dict[str, list]):
+        super().__init__()
+        from timm.models.vision_transformer import VisionTransformer
+
+        self.trunk = VisionTransformer(img_size=tuple(arch["image_size"]), patch_size=arch["patch_size"],
+                                       embed_dim=arch["embed_dim"], depth=arch["depth"],
+                                       num_heads=arch["num_heads"], mlp_ratio=arch["mlp_ratio"],
+                                       qkv_bias=True, num_classes=0, global_pool="token")
+        self.heads = nn.ModuleList(nn.Linear(arch["embed_dim"], len(v)) for v in heads.values())
+
+    def forward(self, images):
+        f = self.trunk(images)
+        return [h(f) for h in self.heads]
+
+
+def _load_images(root: Path, files: list[str], size, progress: bool) -> torch.Tensor:
+    from tqdm.auto import tqdm
+
+    return torch.stack([decode_image(root / "imgs" / f, size)
+                        for f in tqdm(files, desc="decode", disable=not progress, leave=False)])
+
+
+def _augment(x: torch.Tensor, g: torch.Generator, pad: int = 1) -> torch.Tensor:
+    """Horizontal flip (half the batch) and a random shift of up to ``pad`` pixels."""
+    flip = torch.rand(len(x), generator=g) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy, dx = (int(v) for v in torch.randint(0, 2 * pad + 1, (2,), generator=g))
+    return padded[..., dy:dy + h, dx:dx + w]
+
+
+def pretrain(name: str, profile: str = "full", out: Path | None = None, seed: int = 0,
+             progress: bool = True) -> dict:
+    """Train member ``name`` and write ``<out>/<name>.safetensors`` + ``<name>.json``; the manifest."""
+    from safetensors.torch import save_file
+    from tqdm.auto import tqdm
+
+    if name not in MEMBERS:
+        raise ValueError(f"unknown zoo member {name!r}; choose one of {sorted(MEMBERS)} or all")
+    recipe = {**MEMBERS[name], **(SMOKE if profile == "smoke" else {})}
+    out = Path(out) if out else (WEIGHTS if profile == "full" else cache_dir() / "zoo-smoke")
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    t0 = time.time()
+    corpus_profile, corpus_seed = recipe["corpus"]
+    root = ensure(corpus_profile, corpus_seed)
+    files, heads, labels = attribute_labels(load_ground_truth(root))
+    arch = recipe["arch"]
+    images = _load_images(root, files, tuple(arch["image_size"]), progress)
+    if not progress:
+        print(f"pretrain {name}: {len(files)} images of {root} decoded, {time.time() - t0:.0f} s",
+              file=sys.stderr, flush=True)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in recipe["norm"])
+    labels_t = torch.from_numpy(labels)
+    model = AttributeViT(arch, heads)
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], weight_decay=recipe["weight_decay"])
+    steps, warm = recipe["steps"], recipe["warmup"]
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (
+        1 + math.cos(math.pi * min(s, steps) / steps)))
+    t_train, cpu_train = time.time(), time.process_time()
+    losses, order, pos = [], torch.randperm(len(files), generator=g), 0
+    bar = tqdm(range(steps), desc=f"pretrain {name}", disable=not progress)
+    for step in bar:
+        if pos + recipe["batch_size"] > len(order):
+            order, pos = torch.randperm(len(files), generator=g), 0
+        idx = order[pos:pos + recipe["batch_size"]]
+        pos += recipe["batch_size"]
+        x = (_augment(images[idx].float() / 255.0, g) - mean) / std
+        y = labels_t[idx]
+        loss = sum(F.cross_entropy(logits, y[:, j], ignore_index=-1)
+                   for j, logits in enumerate(model(x)))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
+        if not progress and (step + 1) % 250 == 0:  # a log line instead of the bar
+            print(f"pretrain {name}: step {step + 1}/{steps} loss {np.mean(losses[-250:]):.3f} "
+                  f"{time.time() - t_train:.0f} s", file=sys.stderr, flush=True)
+    train_seconds, cpu_seconds = time.time() - t_train, time.process_time() - cpu_train
+    model.eval()
+    with torch.no_grad():  # training-set accuracy per head on (up to) 2,048 unaugmented images
+        idx = torch.arange(min(len(files), 2048))
+        x = (images[idx].float() / 255.0 - mean) / std
+        acc = {a: float(((lg.argmax(1) == labels_t[idx, j]) | (labels_t[idx, j] < 0)).float().mean())
+               for j, (a, lg) in enumerate(zip(heads, model(x)))}
+    state = {k: v.contiguous() for k, v in model.trunk.state_dict().items()}
+    file = out / f"{name}.safetensors"
+    save_file(state, str(file), metadata={"name": name})
+    grid = (arch["image_size"][0] // arch["patch_size"], arch["image_size"][1] // arch["patch_size"])
+    meta = {"name": name, "file": file.name, "sha256": sha256(file), "layout": "timm-vit",
+            "role": recipe["role"], "kind": recipe["kind"], "profile": profile, "arch": arch,
+            "grid": list(grid), "norm": {"mean": recipe["norm"][0], "std": recipe["norm"][1]},
+            "corpus": {"synthpedes_profile": corpus_profile, "seed": corpus_seed, "images": len(files)},
+            "recipe": {k: recipe[k] for k in ("steps", "batch_size", "lr", "weight_decay", "warmup")},
+            "seed": seed, "heads": heads, "final_loss": round(float(np.mean(losses[-50:])), 4),
+            "train_accuracy": {a: round(v, 3) for a, v in acc.items()},
+            "train_seconds": round(train_seconds, 1), "train_cpu_seconds": round(cpu_seconds, 1),
+            "threads": torch.get_num_threads(), "wall_seconds": round(time.time() - t0, 1),
+            "torch": torch.__version__, "bytes": file.stat().st_size}
+    (out / f"{name}.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return meta
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="tbpr pretrain", description=__doc__.split("\n\n")[0])
+    ap.add_argument("name", help=f"a zoo member ({', '.join(sorted(MEMBERS))}) or all")
+    ap.add_argument("--profile", default="full", choices=("full", "smoke"),
+                    help="smoke: a few steps on a tiny corpus, written to --out (default: the cache)")
+    ap.add_argument("--out", default=None, help="folder for the weights + manifest")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    names = sorted(MEMBERS) if args.name == "all" else [args.name]
+    for name in names:
+        meta = pretrain(name, args.profile, args.out, args.seed, progress=sys.stderr.isatty())
+        print(json.dumps({k: meta[k] for k in ("name", "file", "sha256", "train_seconds", "wall_seconds",
+                                               "final_loss", "bytes")}))
+    return 0
