@@ -6,7 +6,7 @@ DEVICE ?= cpu
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install reproduce test bench clean
+.PHONY: install reproduce test bench lab clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -28,6 +28,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/tbpr bench all
+
+# JupyterLab from the project's environment (LAB_ARGS="--port 8899 --no-browser" etc.; root needs --allow-root)
+LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root)
+lab: $(STAMP)
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(LAB_ARGS)
 
 clean:
 	rm -rf $(VENV) .tbpr_cache

@@ -27,32 +27,44 @@ A configuration without the module its paper's map reads (e.g. SSAN without PFL)
 model-agnostic *word-ablation saliency*: for word w, the gradient with respect to the image of
 ``s(caption) - s(caption without w)``, times the image.
 
+    explorer = Explorer.from_runs("quick")          # the trained runs in the cache (train=True: train them)
+    explorer = Explorer.from_folder("checkpoints")  # or <name>/model.safetensors (+ metrics.json) in a folder
     explorer = Explorer.from_checkpoints({"ssan": "runs/ssan/model.safetensors"})
-    explorer.widget()          # in JupyterLab
+    explorer.widget()          # in JupyterLab: search on Enter, one model or all side by side, click to enlarge
     explorer.figure("ssan", "a man in a red jacket and black shorts", word="red")  # headless
+    explorer.compare_figure("a man in a red jacket", word="jacket")                # every model
 """
 from __future__ import annotations
 
+import html
+import io
+import json
+import re
 import textwrap
+import time
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 
 import ipywidgets as w
-from IPython.display import display
 
 from . import experiments
 from .data.datasets import EvalSet, load_eval_images
-from .data.text import caption_word_spans
+from .data.text import Vocabulary, caption_word_spans, word_tokenize
 from .engine import read_checkpoint
+from .evaluate import concat_features, score_features
 from .papers import MODEL_NAMES, recipe
 from .papers.base import SENTENCE
-from .viz import overlay_heatmap, to_display_image
+from .viz import to_display_image
 
-__all__ = ["SENTENCE", "Explorer", "explain", "token_map", "word_ablation_saliency"]
+__all__ = ["SENTENCE", "Explorer", "explain", "token_map", "unknown_words", "word_ablation_saliency",
+           "word_choices"]
 
 # ----------------------------------------------------------------------------- any model
 def word_ablation_saliency(model, caption: str, image: torch.Tensor) -> dict:
@@ -117,34 +129,178 @@ def token_map(exp: dict, query: str) -> torch.Tensor:
     return exp["maps"][_token_rows(exp["tokens"], query)].float().mean(0)
 
 
+# ----------------------------------------------------------------------------- the word list
+_WORDLIKE = re.compile(r"[a-z0-9]")
+
+
+def word_choices(tokens: list[str]) -> list[str]:
+    """The words / phrases of an explanation worth offering: each once, in reading order, normalised
+    (lower case, no punctuation); no punctuation-only chunks (``!!!``), no WordPiece continuations."""
+    out = []
+    for token in tokens:
+        if token == SENTENCE:
+            out.append(token)
+        elif not token.startswith("##") and _WORDLIKE.search(token.lower()):
+            out.append(_norm(token))
+    return [t for t in dict.fromkeys(out) if t]
+
+
+def unknown_words(model, text: str) -> list[str]:
+    """Words of ``text`` outside the vocabulary ``model`` was trained with (SSAN drops them, MIA maps
+    them to <unk>); [] for WordPiece models (every word has pieces) and models without a vocabulary."""
+    vocab = getattr(model, "vocab", None)
+    if isinstance(vocab, Vocabulary):
+        known = vocab.stoi
+    elif isinstance(vocab, (list, tuple)) and vocab and isinstance(vocab[0], str):
+        known = set(vocab)
+    else:
+        return []
+    return list(dict.fromkeys(w for w in word_tokenize(text) if w not in known))
+
+
+def _in_caption(word: str, caption: str) -> bool:
+    key = _norm(word)
+    return bool(key) and f" {key} " in f" {_norm(caption)} "
+
+
+# ----------------------------------------------------------------------------- maps on images
+def _heat(exp: dict, word: str, size) -> torch.Tensor | None:
+    """The map of ``word`` upsampled to the image (stripes with hard edges), raw values; None when
+    the model does not explain the word."""
+    try:
+        heat = token_map(exp, word)
+    except ValueError:
+        return None
+    if heat.shape[-1] == 1:
+        return F.interpolate(heat[None, None], size=tuple(size), mode="nearest")[0, 0]
+    return F.interpolate(heat[None, None], size=tuple(size), mode="bilinear", align_corners=False)[0, 0]
+
+
+def _scaled(heats: dict, shared: bool) -> tuple[dict, Normalize, str]:
+    """Per-image min–max stretch (each map to [0, 1]) or one scale over all maps (raw values)."""
+    maps = [h for h in heats.values() if h is not None]
+    if shared and maps:
+        lo, hi = min(float(h.min()) for h in maps), max(float(h.max()) for h in maps)
+        return heats, Normalize(lo, hi if hi > lo else lo + 1e-6), "one scale across images"
+
+    def stretch(h):
+        span = h.max() - h.min()
+        return (h - h.min()) / span if span > 0 else torch.zeros_like(h)
+    return ({i: None if h is None else stretch(h) for i, h in heats.items()}, Normalize(0, 1),
+            "per image: 0 its lowest, 1 its highest")
+
+
+def _tile(ax, image, heat, norm, data_cfg, title="", colour="black", mask=None):
+    """One image, its map on top (when given), a coloured frame (green true match / red other)."""
+    ax.imshow(to_display_image(image, mean=data_cfg.mean, std=data_cfg.std))
+    drawn = None
+    if heat is not None:
+        drawn = ax.imshow(heat.numpy(), cmap="jet", alpha=0.5, norm=norm)
+        if mask is not None:
+            _contour(ax, mask, image.shape[-2:])
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_edgecolor(colour)
+        spine.set_linewidth(3 if colour != "black" else 0.5)
+    ax.set_title(title, fontsize=9, color=colour)
+    return drawn
+
+
+def _colourbar(fig, cax, norm, label):
+    fig.colorbar(ScalarMappable(norm=norm, cmap="jet"), cax=cax)
+    cax.tick_params(labelsize=8)
+    cax.set_ylabel(label, fontsize=8)
+
+
+MATCH = {None: "black", True: "#2ca02c", False: "#d62728"}
+
+
 # ----------------------------------------------------------------------------- the explorer
 class Explorer:
-    """Retrieval + the models' own word maps for one or more trained models over a test split."""
+    """Retrieval + the models' own word maps for one or more trained models over a test split.
 
-    def __init__(self, models: dict, records, batch_size: int = 64):
+    ``metrics`` (``{name: {"R1": ...}}``, e.g. a run's result) is shown beside each model; missing
+    ones are computed on the gallery when first shown (``r1``)."""
+
+    COLUMNS = 5   # result tiles per row: more results add rows, so tiles, ids and scores keep their size
+    TILE = 2.3    # inches: the height of one result tile
+    DPI = 90      # of the widget's images (ids and scores at 9 pt stay readable)
+
+    def __init__(self, models: dict, records, batch_size: int = 64, metrics: dict | None = None):
         self.models = {name: m.eval() for name, m in models.items()}
         self.eval_set = EvalSet(records)
         self.batch_size = batch_size
+        self.metrics = {name: dict(m) for name, m in (metrics or {}).items() if m}
         self._gallery: dict[str, tuple] = {}
         self._explained: OrderedDict = OrderedDict()  # (model, caption, image index) -> explanation
+        self._ranked: OrderedDict = OrderedDict()     # (model, caption) -> (scores, order, ranks)
         self._pid_of = dict(zip(self.eval_set.captions, (int(p) for p in self.eval_set.caption_pids)))
         self.last: dict = {}  # what the latest figure showed (the widget's state, for tests)
+        self.searches = self.redraws = 0  # the widget's counters: rankings asked for, figures drawn
 
+    # -- where models come from
     @classmethod
     def from_checkpoints(cls, checkpoints: dict, dataset: str = "synthpedes", data_root=None,
-                         profile: str = "quick", split: str = "test", device: str = "cpu") -> "Explorer":
+                         profile: str = "quick", split: str = "test", device: str = "cpu",
+                         metrics: dict | None = None) -> "Explorer":
         """Models rebuilt from tbpr checkpoints ``{name: model.safetensors or its run folder}``
-        (each with the vocabulary saved in it); ``split`` of the dataset is the gallery."""
+        (each with the vocabulary saved in it); ``split`` of the dataset is the gallery. A model's
+        metrics come from ``metrics`` or else from the ``result.json`` / ``metrics.json`` beside its
+        checkpoint (a run folder of the cache holds the first)."""
         root = experiments.resolve_data_root(dataset, data_root, profile)
         records = experiments.load_records(dataset, root)
-        models = {}
+        models, found = {}, dict(metrics or {})
         for name, path in checkpoints.items():
             path = Path(path) / "model.safetensors" if Path(path).is_dir() else Path(path)
             meta = read_checkpoint(path)
             cfg = experiments.get_config(meta["model"], "paper", meta["config"])
             models[name] = experiments.load_trained(meta["model"], cfg, path).to(device)
-        return cls(models, records[split])
+            found.setdefault(name, _metrics_beside(path))
+        return cls(models, records[split], metrics=found)
 
+    @classmethod
+    def from_folder(cls, folder, models=None, **kwargs) -> "Explorer":
+        """Every checkpoint in ``folder`` (shipped or copied models): ``<name>/model.safetensors`` or
+        ``<name>.safetensors``, optionally with ``metrics.json`` beside it; ``models`` picks names."""
+        folder = Path(folder)
+        paths = {p.parent.name: p for p in sorted(folder.glob("*/model.safetensors"))}
+        paths.update({p.stem: p for p in sorted(folder.glob("*.safetensors")) if p.stem not in paths})
+        paths = {n: p for n, p in paths.items() if models is None or n in models}
+        if not paths:
+            raise FileNotFoundError(f"no checkpoint (<name>/model.safetensors or <name>.safetensors) in {folder}")
+        return cls.from_checkpoints(paths, **kwargs)
+
+    @classmethod
+    def from_runs(cls, profile: str = "quick", models=None, *, dataset: str = "synthpedes",
+                  data_root=None, device: str = "cpu", train: bool = False, fallback=None,
+                  progress: bool = True) -> "Explorer":
+        """The full configuration of each model at ``profile`` (seed 0): its run in the cache, else
+        ``<name>/model.safetensors`` in ``fallback`` (a folder of shipped checkpoints), else trained
+        now when ``train``. Models found nowhere are left out, named in a warning."""
+        checkpoints, metrics, missing = {}, {}, []
+        for name in models or MODEL_NAMES:
+            result = experiments.run(name, profile, dataset=dataset, data_root=data_root, device=device,
+                                     progress=progress, cache_only=not train)
+            shipped = None if fallback is None else next(
+                (p for p in (Path(fallback) / name / "model.safetensors", Path(fallback) / f"{name}.safetensors")
+                 if p.is_file()), None)
+            if result is not None:
+                checkpoints[name], metrics[name] = result.run_dir, result.metrics
+            elif shipped is not None:
+                checkpoints[name] = shipped
+            else:
+                missing.append(name)
+        if missing:
+            warnings.warn(f"no trained {', '.join(missing)} at profile {profile!r} in the run cache"
+                          + ("" if fallback is None else f" or in {fallback}")
+                          + f"; train with experiments.run(name, {profile!r}) or pass train=True")
+        if not checkpoints:
+            raise FileNotFoundError(f"no trained model at profile {profile!r} to explore")
+        return cls.from_checkpoints(checkpoints, dataset=dataset, data_root=data_root, profile=profile,
+                                    device=device, metrics=metrics)
+
+    # -- retrieval
     def gallery(self, name: str):
         """Gallery images and features of model ``name``, encoded once."""
         if name not in self._gallery:
@@ -153,22 +309,55 @@ class Explorer:
             with torch.no_grad():
                 feats = [model.encode_images(images[i:i + self.batch_size].to(model.device))
                          for i in range(0, len(images), self.batch_size)]
-            if isinstance(feats[0], dict):
-                feats = {k: torch.cat([f[k] for f in feats]) for k in feats[0]}
-            else:
-                feats = torch.cat(feats)
-            self._gallery[name] = (images, feats)
+            self._gallery[name] = (images, concat_features(feats))
         return self._gallery[name]
+
+    def _ranking(self, name: str, caption: str):
+        """(scores, gallery order best first, 0-based rank of each image) of ``caption``, cached."""
+        key = (name, caption)
+        if key not in self._ranked:
+            model = self.models[name]
+            _, feats = self.gallery(name)
+            with torch.no_grad():
+                scores = model.similarity(model.encode_texts([caption]), feats)[0].float().cpu()
+            order = torch.argsort(scores, descending=True, stable=True)
+            ranks = torch.empty_like(order)
+            ranks[order] = torch.arange(len(order))
+            self._ranked[key] = (scores, order, ranks)
+            while len(self._ranked) > 256:
+                self._ranked.popitem(last=False)
+        return self._ranked[key]
 
     def search(self, name: str, caption: str, k: int = 5):
         """Top-k gallery indices and scores of ``caption`` under model ``name``."""
-        model = self.models[name]
-        _, feats = self.gallery(name)
-        with torch.no_grad():
-            scores = model.similarity(model.encode_texts([caption]), feats)[0].cpu()
-        top = torch.topk(scores, min(k, len(scores)))
-        return top.indices, top.values
+        scores, order, _ = self._ranking(name, caption)
+        index = order[:min(k, len(order))]
+        return index, scores[index]
 
+    def truth(self, name: str, caption: str, k: int = 5, query_pid: int | None = None) -> list[dict] | None:
+        """The gallery images of the caption's person (known for a test caption, or ``query_pid``),
+        best ranked first: ``{"index", "rank" (1 = top), "in_top_k"}``; None when the person is unknown."""
+        pid = self._pid_of.get(caption) if query_pid is None else query_pid
+        if pid is None:
+            return None
+        _, _, ranks = self._ranking(name, caption)
+        rows = [{"index": i, "rank": int(ranks[i]) + 1, "in_top_k": int(ranks[i]) < k}
+                for i in (self.eval_set.image_pids == pid).nonzero().flatten().tolist()]
+        return sorted(rows, key=lambda r: r["rank"])
+
+    def r1(self, name: str) -> float:
+        """R@1 (%) of model ``name`` on this gallery: from ``metrics``, else computed once."""
+        if "R1" not in self.metrics.get(name, {}):
+            model, (_, feats) = self.models[name], self.gallery(name)
+            captions = self.eval_set.captions
+            with torch.no_grad():
+                text = concat_features([model.encode_texts(captions[i:i + self.batch_size])
+                                        for i in range(0, len(captions), self.batch_size)])
+            found = score_features(model, text, feats, self.eval_set.caption_pids, self.eval_set.image_pids)
+            self.metrics.setdefault(name, {})["R1"] = float(found["R1"])
+        return float(self.metrics[name]["R1"])
+
+    # -- explanations
     def explain(self, name: str, caption: str, index: int) -> dict:
         """The explanation of gallery image ``index`` for ``caption`` under model ``name`` (cached)."""
         key = (name, caption, index)
@@ -180,113 +369,360 @@ class Explorer:
         return self._explained[key]
 
     def tokens(self, name: str, caption: str) -> list[str]:
-        """The words / phrases model ``name`` explains for ``caption``."""
+        """The words / phrases model ``name`` explains for ``caption`` (as the model gives them)."""
         return self.explain(name, caption, int(self.search(name, caption, 1)[0][0]))["tokens"]
 
+    def words(self, caption: str, names=None, keep: str | None = None) -> list[tuple[str, str]]:
+        """The word list of ``caption`` for models ``names``: ``(label, word)`` pairs, each word once,
+        labelled when a model does not know it; ``keep`` (a word of the caption) stays listed."""
+        names = list(names or self.models)
+        values = list(dict.fromkeys(v for n in names for v in word_choices(self.tokens(n, caption))))
+        if keep and keep not in values and _in_caption(keep, caption):
+            values.append(keep)
+        unknown = {n: unknown_words(self.models[n], caption) for n in names}
+        values += [u for u in dict.fromkeys(u for n in names for u in unknown[n]) if u not in values]  # marked
+        unknown = {n: set(u) for n, u in unknown.items()}
+        pairs = []
+        for value in values:
+            strangers = [n for n in names if set(word_tokenize(value)) & unknown[n]]
+            pairs.append((f"{value}  ⚠ unknown to {', '.join(strangers)}" if strangers else value, value))
+        return pairs
+
+    # -- figures
     def figure(self, name: str, caption: str, k: int = 5, word: str | None = None,
-               query_pid: int | None = None):
-        """Top-k images for ``caption`` (true matches green, others red when ``query_pid`` is known,
-        as it is for a test caption); with ``word``, the model's map of that word on each image."""
-        index, scores = self.search(name, caption, k)
+               query_pid: int | None = None, shared_scale: bool = False):
+        """Top-k images for ``caption`` in rows of ``COLUMNS`` (true matches framed green, others red
+        when the person is known, as for a test caption), then a row with the true person's images
+        and their ranks; with ``word``, the model's map of that word on each image and a colour bar
+        (per-image stretch, or ``shared_scale``: one scale across the images)."""
+        model = self.models[name]
         images, _ = self.gallery(name)
-        query_pid = self._pid_of.get(caption) if query_pid is None else query_pid
-        exps = [self.explain(name, caption, i) for i in index.tolist()] if word else []
-        bars = exps[0].get("bars") if exps else None
-        n = len(index) + (bars is not None)
-        fig, axes = plt.subplots(1, n, figsize=(max(1.6 * n, 4.5), 4.6), squeeze=False, layout="constrained")
-        shown = []
-        for j, (ax, i, s) in enumerate(zip(axes[0], index.tolist(), scores.tolist())):
-            pid = int(self.eval_set.image_pids[i])
-            heat = None
-            if word:
-                try:
-                    heat = token_map(exps[j], word)
-                except ValueError:
-                    pass
-            if heat is not None:
-                if heat.shape[-1] == 1:  # stripes: hard edges between the parts
-                    heat = F.interpolate(heat[None, None], size=(images.shape[-2], 1), mode="nearest")[0, 0]
-                overlay_heatmap(ax, images[i], heat, mean=self.models[name].cfg.data.mean,
-                                std=self.models[name].cfg.data.std)
-                if "mask" in exps[j]:
-                    _contour(ax, exps[j]["mask"], images.shape[-2:])
-            else:
-                ax.imshow(to_display_image(images[i], mean=self.models[name].cfg.data.mean,
-                                           std=self.models[name].cfg.data.std))
-                ax.set_axis_off()
-            match = None if query_pid is None else pid == query_pid
-            colour = {None: "black", True: "green", False: "red"}[match]
-            ax.set_title(f"id {pid}\n{s:.3f}", fontsize=8, color=colour)
-            shown.append({"index": i, "pid": pid, "score": s, "match": match,
-                          "map": None if heat is None else heat.shape})
+        index, scores = self.search(name, caption, k)
+        index = index.tolist()
+        truth = self.truth(name, caption, k, query_pid)
+        pid = self._pid_of.get(caption) if query_pid is None else query_pid
+        cols = min(len(index), self.COLUMNS)
+        true_shown = [t["index"] for t in (truth or [])][:cols]
+        exps = {i: self.explain(name, caption, i) for i in dict.fromkeys(index + true_shown)} if word else {}
+        heats, norm, scale = _scaled({i: _heat(e, word, images.shape[-2:]) for i, e in exps.items()}, shared_scale)
+        bars = exps[index[0]].get("bars") if word else None
+        rows = -(-len(index) // cols) + bool(truth)
+        extra = [0.12] * bool(word) + [1.8] * (bars is not None)  # colour bar, SSAN's bars
+        tile_w = self.TILE * max(images.shape[-1] / images.shape[-2], 0.5) + 0.25
+        fig = plt.figure(figsize=(tile_w * cols + sum(extra) + 0.8, self.TILE * rows + 1.0), layout="constrained")
+        grid = fig.add_gridspec(rows, cols + len(extra), width_ratios=[1] * cols + [e / tile_w for e in extra])
+        shown, maps = [], 0
+        for r, (i, s) in enumerate(zip(index, scores.tolist())):
+            ax = fig.add_subplot(grid[r // cols, r % cols])
+            gallery_pid = int(self.eval_set.image_pids[i])
+            match = None if pid is None else gallery_pid == pid
+            heat = heats.get(i)
+            _tile(ax, images[i], heat, norm, model.cfg.data, f"#{r + 1} · id {gallery_pid}\n{s:.3f}",
+                  MATCH[match], exps[i].get("mask") if word else None)
+            maps += heat is not None
+            shown.append({"index": i, "pid": gallery_pid, "score": s, "match": match, "rank": r + 1,
+                          "map": None if heat is None else tuple(heat.shape)})
+        if truth:
+            for j, t in enumerate(truth[:cols]):
+                ax = fig.add_subplot(grid[rows - 1, j])
+                _tile(ax, images[t["index"]], heats.get(t["index"]), norm, model.cfg.data,
+                      f"rank {t['rank']}" + ("" if t["in_top_k"] else f"\nnot in top-{k}"),
+                      MATCH[t["in_top_k"]], exps[t["index"]].get("mask") if word else None)
+                if j == 0:
+                    ax.set_ylabel(f"true person\nid {pid}", fontsize=9)
+        if word and maps:
+            _colourbar(fig, fig.add_subplot(grid[:, cols]), norm, scale)
         if bars is not None:
+            ax = fig.add_subplot(grid[0, -1])
             try:
-                _bars(axes[0, -1], bars, exps[0]["tokens"], word)
+                _bars(ax, bars, exps[index[0]]["tokens"], word)
             except ValueError:  # a word the model does not explain
-                axes[0, -1].set_axis_off()
-        kind, width = (exps[0]["kind"] if exps else ""), int(15 * fig.get_figwidth())
-        title = f"{name}: “{textwrap.shorten(caption, width)}”"
+                ax.set_axis_off()
+        kind = exps[index[0]]["kind"] if exps else ""
+        title = f"{name}: “{textwrap.shorten(caption, int(14 * fig.get_figwidth()))}”"
+        if truth is not None:
+            title += "\n" + _truth_line(truth, k, pid)
         if word:
-            try:
-                used = [exps[0]["tokens"][r] for r in _token_rows(exps[0]["tokens"], word)]
-            except ValueError:
-                used = ["no map: not among the model's tokens"]
-            note = "" if used == [word] else f" (→ {' + '.join(used)})"
-            title += "\n" + textwrap.shorten(f"map of “{word}”{note}: {kind}", width)
-        fig.suptitle(title, fontsize=8)
-        self.last = {"model": name, "caption": caption, "word": word, "kind": kind, "results": shown}
+            title += "\n" + _map_line(exps[index[0]], word, kind, int(14 * fig.get_figwidth()))
+        fig.suptitle(title, fontsize=9)
+        self.last = {"view": "one", "model": name, "caption": caption, "word": word, "kind": kind, "k": k,
+                     "results": shown, "truth": truth, "shared_scale": shared_scale,
+                     "figsize": tuple(fig.get_size_inches())}
         return fig
 
-    def widget(self):
-        """An ipywidgets panel: model, description (free text or a test caption), top-k, and a word
-        or phrase the model explains. ``self.controls`` holds the inputs, ``self.last`` the state."""
+    def compare_figure(self, caption: str, k: int = 5, word: str | None = None, names=None,
+                       query_pid: int | None = None, shared_scale: bool = False):
+        """Every model (or ``names``) side by side for one query: a block of top-k rows per model,
+        headed by the model's R@1 on the gallery and the rank of the true person (when known)."""
+        names = list(names or self.models)
+        pid = self._pid_of.get(caption) if query_pid is None else query_pid
+        cols = min(k, self.COLUMNS)
+        per = -(-k // cols)
+        first = self.gallery(names[0])[0]
+        tile_w = self.TILE * max(first.shape[-1] / first.shape[-2], 0.5) + 0.25
+        found, heats, exps = {}, {}, {}
+        for name in names:
+            index, scores = self.search(name, caption, k)
+            found[name] = (index.tolist(), scores.tolist())
+            if word:
+                for i in found[name][0]:
+                    exps[name, i] = self.explain(name, caption, i)
+                    heats[name, i] = _heat(exps[name, i], word, self.gallery(name)[0].shape[-2:])
+        heats, norm, scale = _scaled(heats, shared_scale)
+        fig = plt.figure(figsize=(tile_w * cols + 1.6 + 0.12 * bool(word), self.TILE * per * len(names) + 0.8),
+                         layout="constrained")
+        grid = fig.add_gridspec(per * len(names), cols + 1 + bool(word),
+                                width_ratios=[1.4 / tile_w] + [1] * cols + [0.12 / tile_w] * bool(word))
+        rows = {}
+        for m, name in enumerate(names):
+            images, model = self.gallery(name)[0], self.models[name]
+            truth = self.truth(name, caption, k, query_pid)
+            head = fig.add_subplot(grid[m * per:(m + 1) * per, 0])
+            head.set_axis_off()
+            r1 = self.r1(name)
+            note = "" if truth is None else ("\n" + (f"true: rank {truth[0]['rank']}" if truth else "true: not in gallery"))
+            head.text(1, 0.5, f"{name}\nR@1 {r1:.1f} %{note}", ha="right", va="center", fontsize=10,
+                      transform=head.transAxes)
+            shown = []
+            for r, (i, s) in enumerate(zip(*found[name])):
+                ax = fig.add_subplot(grid[m * per + r // cols, 1 + r % cols])
+                gallery_pid = int(self.eval_set.image_pids[i])
+                match = None if pid is None else gallery_pid == pid
+                _tile(ax, images[i], heats.get((name, i)), norm, model.cfg.data,
+                      f"#{r + 1} · id {gallery_pid}\n{s:.3f}", MATCH[match],
+                      exps[name, i].get("mask") if word else None)
+                shown.append({"index": i, "pid": gallery_pid, "score": s, "match": match, "rank": r + 1,
+                              "map": None if heats.get((name, i)) is None else tuple(heats[name, i].shape)})
+            rows[name] = {"R1": r1, "results": shown, "truth": truth}
+        if word and any(h is not None for h in heats.values()):
+            _colourbar(fig, fig.add_subplot(grid[:, -1]), norm, scale)
+        title = f"“{textwrap.shorten(caption, int(14 * fig.get_figwidth()))}”" + (f" · map of “{word}”" if word else "")
+        fig.suptitle(title, fontsize=10)
+        self.last = {"view": "all", "caption": caption, "word": word, "k": k, "models": rows,
+                     "shared_scale": shared_scale, "figsize": tuple(fig.get_size_inches())}
+        return fig
 
+    def detail_figure(self, name: str, caption: str, index: int, word: str | None = None,
+                      k: int = 5, shared_scale: bool = False):
+        """Gallery image ``index`` enlarged: the raw image, beside it the map of ``word`` on it, and a
+        colour bar; ``shared_scale`` takes the scale over the top-k images of ``caption``."""
+        model, (images, _) = self.models[name], self.gallery(name)
+        _, _, ranks = self._ranking(name, caption)
+        exp = self.explain(name, caption, index) if word else None
+        heat = _heat(exp, word, images.shape[-2:]) if word else None
+        if shared_scale and heat is not None:
+            others = {i: _heat(self.explain(name, caption, i), word, images.shape[-2:])
+                      for i in self.search(name, caption, k)[0].tolist()}
+            others[index] = heat
+            scaled, norm, scale = _scaled(others, True)
+        else:
+            scaled, norm, scale = _scaled({index: heat}, False)
+        width = self.TILE * 2 * images.shape[-1] / images.shape[-2]
+        fig, axes = plt.subplots(1, 3, figsize=(2 * width + 1.4, self.TILE * 2 + 0.8), layout="constrained",
+                                 gridspec_kw={"width_ratios": [1, 1, 0.08]})
+        pid = self._pid_of.get(caption)
+        gallery_pid = int(self.eval_set.image_pids[index])
+        match = None if pid is None else gallery_pid == pid
+        _tile(axes[0], images[index], None, norm, model.cfg.data, "image", MATCH[match])
+        _tile(axes[1], images[index], scaled[index], norm, model.cfg.data,
+              f"map of “{word}”" if heat is not None else ("no map: pick a word" if not word else
+                                                            f"no map: “{word}” not explained"),
+              MATCH[match], exp.get("mask") if exp else None)
+        if heat is not None:
+            _colourbar(fig, axes[2], norm, scale)
+        else:
+            axes[2].set_axis_off()
+        title = f"{name} · id {gallery_pid} · rank {int(ranks[index]) + 1} · score {float(self._ranking(name, caption)[0][index]):.3f}"
+        if exp:
+            title += "\n" + _map_line(exp, word, exp["kind"], 60)
+        fig.suptitle(title, fontsize=9)
+        self.last["enlarged"] = {"model": name, "index": index, "pid": gallery_pid, "rank": int(ranks[index]) + 1,
+                                 "word": word, "map": None if heat is None else tuple(heat.shape),
+                                 "scale": scale if heat is not None else None}
+        return fig
+
+    # -- the widget
+    def widget(self, k: int = 5):
+        """An ipywidgets panel. Search on Enter in the query box or with the button (or by picking a
+        test caption); the view shows one model (results clickable: ``enlarge``) or all models side by
+        side. ``self.controls`` holds the inputs, ``self.panels`` the outputs, ``self.last`` the state."""
         captions = list(dict.fromkeys(self.eval_set.captions))[:200]
+        names = list(self.models)
+        wide = w.Layout(width="95%")
         c = self.controls = {
-            "model": w.Dropdown(options=list(self.models), description="model"),
-            "example": w.Dropdown(options=captions, description="example", layout=w.Layout(width="95%")),
-            "query": w.Textarea(value=captions[0], description="query", layout=w.Layout(width="95%")),
-            "k": w.IntSlider(value=5, min=1, max=10, description="top-k"),
-            "word": w.Dropdown(options=["(none)"], description="word"),
+            "model": w.Dropdown(options=names, description="model"),
+            "view": w.ToggleButtons(options=[("one model", "one"), ("all models", "all")], value="one",
+                                    description="view", style={"button_width": "90px"}),
+            "example": w.Dropdown(options=captions, description="test caption", layout=wide),
+            "query": w.Text(value=captions[0], description="query", continuous_update=False,
+                            placeholder="describe a person, then press Enter", layout=w.Layout(width="80%")),
+            "search": w.Button(description="search", button_style="primary", icon="search"),
+            "k": w.IntSlider(value=k, min=1, max=10, description="top-k", continuous_update=False),
+            "word": w.Dropdown(options=[("(none)", "")], value="", description="word"),
+            "shared": w.Checkbox(value=False, description="one colour scale across images", indent=False),
+            "enlarge": w.ToggleButtons(options=[], description="enlarge", style={"button_width": "auto"}),
         }
-        info, out = w.HTML(), w.Output()
-        busy = False
+        p = self.panels = {"info": w.HTML(), "results": w.Image(format="png"), "detail": w.Image(format="png")}
+        state = {"busy": False}
 
-        def update(change=None):
-            nonlocal busy
-            if busy:
+        def guarded(fn):
+            def handler(change=None):
+                if state["busy"]:
+                    return
+                state["busy"] = True
+                try:
+                    fn(change)
+                except ValueError as err:  # e.g. a description the tokenizer rejects
+                    _show(p["results"], None)
+                    p["info"].value = f"<span style='color:#d62728'>{html.escape(str(err))}</span>"
+                finally:
+                    state["busy"] = False
+            return handler
+
+        def shown_models():
+            return [c["model"].value] if c["view"].value == "one" else names
+
+        def clear():
+            for box in ("results", "detail"):
+                _show(p[box], None)
+            c["enlarge"].options = []
+            c["word"].options, c["word"].value = [("(none)", "")], ""
+            p["info"].value = "<i>type a description and press Enter</i>"
+            self.last = {}
+
+        def search(_=None):
+            caption = c["query"].value.strip()
+            if not caption:
+                return clear()
+            self.searches += 1
+            start = time.perf_counter()
+            for name in shown_models():
+                self._ranking(name, caption)
+            keep = c["word"].value
+            pairs = [("(none)", "")] + self.words(caption, shown_models(), keep=keep or None)
+            c["word"].options = pairs
+            c["word"].value = keep if keep in [v for _, v in pairs] else ""
+            draw(start=start)
+
+        def draw(_=None, start=None):
+            caption = c["query"].value.strip()
+            if not caption:
+                return clear()
+            start = time.perf_counter() if start is None else start
+            word = c["word"].value or None
+            one = c["view"].value == "one"
+            c["model"].disabled = not one
+            if one:
+                fig = self.figure(c["model"].value, caption, c["k"].value, word, shared_scale=c["shared"].value)
+            else:
+                fig = self.compare_figure(caption, c["k"].value, word, shared_scale=c["shared"].value)
+            _show(p["results"], fig)
+            self.redraws += 1
+            _show(p["detail"], None)
+            c["enlarge"].options = [(f"#{r['rank']} id {r['pid']}", r["index"]) for r in self.last["results"]] if one else []
+            c["enlarge"].layout.display = None if one else "none"
+            self.last["seconds"] = seconds = time.perf_counter() - start
+            p["info"].value = _info_html(self, caption, word, seconds)
+
+        def enlarge(change=None):
+            index = c["enlarge"].value
+            if index is None or c["view"].value != "one" or not self.last:
                 return
-            busy = True
-            try:
-                owner = change["owner"] if change else None
-                if owner is c["example"]:
-                    c["query"].value = change["new"]
-                name, caption = c["model"].value, c["query"].value.strip()
-                if owner in (None, c["example"], c["query"], c["model"]):
-                    options = ["(none)"] + (self.tokens(name, caption) if caption else [])
-                    word = c["word"].value if c["word"].value in options else "(none)"
-                    c["word"].options, c["word"].value = options, word
-                word = None if c["word"].value == "(none)" else c["word"].value
-                out.clear_output(wait=True)
-                with out:
-                    if not caption:
-                        print("type a description")
-                        return
-                    display(self.figure(name, caption, c["k"].value, word))
-                    plt.close("all")
-                ids = ", ".join(f"{r['pid']}{'✓' if r['match'] else ''}" for r in self.last["results"])
-                info.value = f"<b>{name}</b> top-{len(self.last['results'])}: {ids}" + (
-                    f" — <i>{self.last['kind']}</i>" if word else "")
-            except ValueError as err:  # e.g. a description the tokenizer rejects
-                with out:
-                    print(err)
-            finally:
-                busy = False
+            word = c["word"].value or None
+            fig = self.detail_figure(c["model"].value, c["query"].value.strip(), index, word, c["k"].value,
+                                     c["shared"].value)
+            _show(p["detail"], fig)
 
-        for box in c.values():
-            box.observe(update, names="value")
-        update()
-        return w.VBox([c["model"], c["example"], c["query"], w.HBox([c["k"], c["word"]]), info, out])
+        def redraw(change=None):
+            index = c["enlarge"].value
+            draw()
+            if index is not None and index in [v for _, v in c["enlarge"].options]:
+                c["enlarge"].value = index
+                enlarge()
+
+        def pick_example(change):
+            c["query"].value = change["new"]
+            search()
+
+        c["example"].observe(guarded(pick_example), names="value")
+        c["query"].observe(guarded(search), names="value")  # Enter (or leaving the box), not keystrokes
+        c["search"].on_click(guarded(search))
+        for box in ("model", "view"):
+            c[box].observe(guarded(search), names="value")
+        for box in ("k", "word", "shared"):
+            c[box].observe(guarded(redraw), names="value")
+        c["enlarge"].observe(guarded(enlarge), names="value")
+        guarded(search)()
+        return w.VBox([w.HBox([c["model"], c["view"]]), c["example"], w.HBox([c["query"], c["search"]]),
+                       w.HBox([c["k"], c["word"], c["shared"]]), p["info"], p["results"], c["enlarge"],
+                       p["detail"]])
+
+
+def _show(image: w.Image, fig) -> None:
+    """Put ``fig`` into an image widget as PNG (swapped in whole: no flicker), or empty and hide it."""
+    if fig is None:
+        image.value, image.layout.display = b"", "none"
+        return
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=Explorer.DPI)
+    plt.close(fig)
+    image.value, image.layout.display = buffer.getvalue(), None
+
+
+def _metrics_beside(path: Path) -> dict:
+    """Metrics saved beside a checkpoint: a run's ``result.json`` or a shipped ``metrics.json``."""
+    for name, pick in (("result.json", lambda d: d.get("metrics")), ("metrics.json", lambda d: d)):
+        try:
+            found = pick(json.loads((path.parent / name).read_text()))
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(found, dict) and "R1" in found:
+            return found
+    return {}
+
+
+def _truth_line(truth: list[dict], k: int, pid) -> str:
+    if not truth:
+        return f"true person id {pid}: no image in the gallery"
+    ranks = ", ".join(str(t["rank"]) for t in truth[:8])
+    found = "found" if truth[0]["in_top_k"] else f"not in top-{k}"
+    return f"true person id {pid}: {found} (rank {ranks})"
+
+
+def _map_line(exp: dict, word: str, kind: str, width: int) -> str:
+    try:
+        used = [exp["tokens"][r] for r in _token_rows(exp["tokens"], word)]
+    except ValueError:
+        used = ["no map: not among the model's tokens"]
+    note = "" if [_norm(u) for u in used] == [_norm(word)] else f" (→ {' + '.join(used)})"
+    return textwrap.shorten(f"map of “{word}”{note}: {kind}", width)
+
+
+def _info_html(explorer: Explorer, caption: str, word, seconds: float) -> str:
+    """The line under the controls: what was found, the true person's rank, unknown words, timing."""
+    last, esc = explorer.last, html.escape
+    if last["view"] == "one":
+        name = last["model"]
+        ids = ", ".join(f"{r['pid']}{'✓' if r['match'] else ''}" for r in last["results"])
+        r1 = explorer.metrics.get(name, {}).get("R1")
+        parts = [f"<b>{esc(name)}</b>" + (f" (R@1 {r1:.1f} %)" if r1 is not None else ""),
+                 f"top-{len(last['results'])}: {ids}"]
+        if last["truth"] is not None:
+            parts.append(esc(_truth_line(last["truth"], last["k"], explorer._pid_of.get(caption))))
+        if word:
+            parts.append(f"<i>{esc(last['kind'])}</i>")
+        models = [name]
+    else:
+        parts = [" · ".join(f"<b>{esc(n)}</b> R@1 {row['R1']:.1f} %"
+                            + ("" if not row["truth"] else f", true rank {row['truth'][0]['rank']}")
+                            for n, row in last["models"].items())]
+        models = list(last["models"])
+    for name in models:
+        unknown = unknown_words(explorer.models[name], caption)
+        if unknown:
+            parts.append(f"<span style='color:#d62728'>{esc(name)} does not know: {esc(', '.join(unknown))}</span>")
+    parts.append(f"answered in {seconds:.2f} s")
+    return " — ".join(parts)
 
 
 def _contour(ax, mask: torch.Tensor, size) -> None:

@@ -21,9 +21,13 @@
 # | IVT | cos(text [CLS] of the word or attribute phrase, visual token) per patch | as `IVT.alignment_maps` (Figs. 4/6) |
 # | CADA | decoder cross-attention of the word's tokens over the patches | `CADA.word_patch_attention` (Fig. 5) |
 #
-# Maps are min–max stretched per image (SSAN's bars show the raw probabilities). The models are the
-# full configurations of notebooks 01–05 at the same profile, loaded from their cached checkpoints;
-# `Explorer.from_checkpoints` takes any other `model.safetensors` the same way.
+# Maps are min–max stretched per image unless "one colour scale across images" is ticked (SSAN's
+# bars show the raw probabilities). Search with Enter or the button; a test caption also shows the
+# true person's images and their ranks; "all models" puts every model side by side with its R@1;
+# "enlarge" shows one result beside its map with a colour bar. The models are the full
+# configurations of notebooks 01–05 at the same profile: from the run cache, else from
+# `checkpoints` (a folder of `<model>/model.safetensors`, e.g. shipped ones), else trained now
+# (`train`); `Explorer.from_checkpoints` takes any other `model.safetensors` the same way.
 
 # %% tags=["parameters"]
 profile = "quick"
@@ -32,29 +36,27 @@ data_root = None
 seeds = None
 device = "cpu"
 out_dir = "../figures"
+checkpoints = None  # a folder of <model>/model.safetensors to use when the run cache has none
+train = True        # train what neither holds (at quick: minutes per model)
 
 # %%
 from pathlib import Path
 
-from tbpr import experiments
 from tbpr.explorer import Explorer
-from tbpr.papers import available_models
 from tbpr.viz import save_figure
 
 figdir = Path(out_dir) / "explorer"
-runs = {m: experiments.run(m, profile, dataset=dataset, data_root=data_root, device=device)
-        for m in available_models()}
-explorer = Explorer.from_checkpoints({m: r.run_dir for m, r in runs.items()}, dataset=dataset,
-                                     data_root=data_root, profile=profile, device=device)
-for m, r in runs.items():
-    print(f"{m:5s} R@1 {r.metrics['R1']:5.1f}  checkpoint {Path(r.run_dir).name}")
+explorer = Explorer.from_runs(profile, dataset=dataset, data_root=data_root, device=device, train=train,
+                              fallback=checkpoints)
+for m in explorer.models:
+    print(f"{m:5s} R@1 {explorer.r1(m):5.1f}")
 
 # %% [markdown]
 # ## Interactive (JupyterLab)
 
 # %%
 panel = explorer.widget()
-words = explorer.controls["word"].options
+words = [v for _, v in explorer.controls["word"].options]
 explorer.controls["word"].value = next((w for w in words if " " in w), words[-1])  # a phrase, to start
 panel
 
@@ -81,3 +83,10 @@ for name in explorer.models:
     drawn = time.perf_counter() - start - answer
     print(f"{name:5s} query {answer:.3f} s, explained and drawn {drawn:.2f} s: {explorer.last['kind']}")
     save_figure(fig, figdir / f"{name}_{word}")
+
+# %% [markdown]
+# ## Every model side by side for the same caption and word
+
+# %%
+fig = explorer.compare_figure(caption, k=5, word=word)
+save_figure(fig, figdir / f"all_{word}")
