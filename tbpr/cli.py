@@ -1,4 +1,4 @@
-"""The ``tbpr`` command line: synth, train, eval, bench, reproduce, summary, params."""
+"""The ``tbpr`` command line: synth, train, eval, bench, reproduce, summary, params, diff."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +11,7 @@ from .config import PROFILES, parse_overrides
 from .data.formats import DatasetError
 from .evaluate import evaluate
 from .experiments import load_records, load_trained, resolve_data_root, run
-from .papers import MODEL_NAMES, count_parameters, create_model, get_config, parameter_table
+from .papers import MODEL_NAMES, count_parameters, create_model, get_config, parameter_table, profile_diff
 from .reproduce import run_notebooks
 from .summary import update_readme, write_summary
 from .synthpedes import main as synth_main
@@ -23,10 +23,17 @@ def cmd_synth(args) -> None:
         raise SystemExit(status)
 
 
+def _rerank_k(args, cfg) -> int:
+    """``--rerank-k``, or the config's ``rerank_k`` (CADA-L's top-k at the paper profile) when not given."""
+    return args.rerank_k if args.rerank_k is not None else getattr(cfg, "rerank_k", 0)
+
+
 def cmd_train(args) -> None:
-    result = run(args.model, args.profile, parse_overrides(args.set), dataset=args.dataset,
+    overrides = parse_overrides(args.set)
+    rerank_k = _rerank_k(args, get_config(args.model, args.profile, overrides))
+    result = run(args.model, args.profile, overrides, dataset=args.dataset,
                  data_root=args.data_root, seed=args.seed, device=args.device,
-                 rerank_k=args.rerank_k, cache=not args.no_cache)
+                 rerank_k=rerank_k, cache=not args.no_cache)
     return json.dumps({"run_dir": result.run_dir, "train_seconds": round(result.train_seconds, 1),
                        **result.metrics}, indent=1)
 
@@ -36,7 +43,7 @@ def cmd_eval(args) -> None:
     records = load_records(args.dataset, resolve_data_root(args.dataset, args.data_root, args.profile))
     model = load_trained(args.model, cfg, args.checkpoint)
     metrics = evaluate(model.to(args.device), records[args.split], model.cfg.data,
-                       device=args.device, rerank_k=args.rerank_k)
+                       device=args.device, rerank_k=_rerank_k(args, cfg))
     return json.dumps(metrics, indent=1)
 
 
@@ -67,6 +74,14 @@ def cmd_params(args) -> None:
     print(f"{'total':40s} {count_parameters(model):>14,}")
 
 
+def cmd_diff(args) -> str:
+    rows = profile_diff(args.model, args.a, args.b)
+    if not rows:
+        return f"{args.model}: profiles {args.a} and {args.b} are the same"
+    return "\n".join(f"{field}: {a!r} -> {b!r}  # {reason or 'no reason recorded'}"
+                     for field, a, b, reason in rows)
+
+
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", choices=MODEL_NAMES, help="the paper's model")
     p.add_argument("--profile", default="quick", choices=PROFILES)
@@ -78,7 +93,8 @@ def _data_args(p: argparse.ArgumentParser) -> None:
                    choices=["synthpedes", "cuhk-pedes", "icfg-pedes", "rstpreid"])
     p.add_argument("--data-root", default=None, help="dataset folder (default: rendered SynthPedes)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--rerank-k", type=int, default=0, help="re-rank each query's top-k (CADA)")
+    p.add_argument("--rerank-k", type=int, default=None,
+                   help="re-rank each query's top-k (CADA; 0 = none); default: the config's rerank_k")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,6 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("params", help="parameter table of a model (built on the meta device)")
     _model_args(p)
     p.set_defaults(func=cmd_params)
+
+    p = sub.add_parser("diff", help="every config field two profiles set differently, with the reason "
+                                    "(tbpr diff cada paper official)")
+    p.add_argument("model", choices=MODEL_NAMES)
+    p.add_argument("a", choices=PROFILES)
+    p.add_argument("b", choices=PROFILES)
+    p.set_defaults(func=cmd_diff)
     return parser
 
 

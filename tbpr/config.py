@@ -23,7 +23,9 @@ import yaml
 def _field_types(cls) -> dict:
     return typing.get_type_hints(cls)
 
-PROFILES = ("paper", "quick", "smoke")
+# paper: the paper's numbers (the dataclass defaults); official: the official code where it differs
+# (overrides of paper); quick / smoke: CPU sizes
+PROFILES = ("paper", "official", "quick", "smoke")
 
 
 def cache_dir() -> Path:
@@ -40,8 +42,13 @@ class DataConfig:
     sampler: str = "random"  # "random" over captions, or "pk" (P identities x K instances)
     num_instances: int = 4  # K of the P×K sampler
     flip: bool = True
-    pad_crop: int = 10  # 0 disables pad-and-crop
+    pad_crop: int = 10  # zero-pad margin in pixels of the input (image_size) before the random crop; 0 = off
     random_erasing: float = 0.0  # probability
+    # what an erased box holds, in normalised units: zero (torchvision's default) | mean (the
+    # normalisation mean's values, as torchvision RandomErasing(value=mean) after Normalize) | noise
+    # (per-pixel standard normal, timm RandomErasing(mode="pixel"))
+    erasing_fill: str = "zero"
+    erasing_scale: tuple[float, float] = (0.02, 0.33)  # box area, fraction of the image
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     n_views: int = 1  # independently augmented views per training image (IVT MLA uses 3)
@@ -68,7 +75,11 @@ class TrainConfig:
     step_per: str = "epoch"  # epoch | step: when the scheduler advances
     grad_clip: float = 0.0  # max global grad norm; 0 disables
     amp: str = "none"  # none | bf16 | fp16 (GPU only; ignored on CPU)
-    eval_every: int = 0  # epochs; 0 = only at the end
+    eval_every: int = 0  # epochs; 0 = only at the end (every epoch with select="val")
+    # which epoch's weights the run keeps: last | val (the best select_metric on the validation split,
+    # evaluated every eval_every epochs; a dataset without a val split falls back to last, warning)
+    select: str = "last"
+    select_metric: str = "R1"
     log_every: int = 10  # steps
     # the schedule's clock at the first epoch: 1 reproduces codes that call scheduler.step() at the
     # start of every epoch (LGUR's milestones felt one epoch early, IVT's e = 1..E cosine)

@@ -65,6 +65,8 @@ WEIGHTS_FILE = "model.safetensors"
 STATE_FILE = "state.pt"
 METRICS_FILE = "metrics.jsonl"
 NEXT = ".next"  # suffix of a checkpoint pair being written, renamed over the current one when whole
+SELECTED_FILE = "selected.safetensors"  # train.select="val": the weights of the best validation epoch
+SELECTS = ("last", "val")
 SHA256_KEY = "sha256"  # metadata entry: the sha256 of the file with this entry's value zeroed
 _SHA256_PENDING = "0" * 64
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -622,6 +624,10 @@ def fit(model: nn.Module, train_loader, train_cfg, *, out_dir=None, seed: int = 
 
     Returns the per-epoch logs (also in ``out_dir/metrics.jsonl``). ``eval_fn(model) -> {metric:
     value}`` runs every ``train_cfg.eval_every`` epochs and after the last one (rank 0, eval mode).
+    With ``train_cfg.select == "val"`` and an ``eval_fn`` (on the validation split), it runs every
+    ``eval_every`` epochs (every epoch when 0), the weights of the epoch with the best
+    ``select_metric`` are kept (``out_dir/selected.safetensors``; its log record has ``selected``)
+    and loaded into ``model`` at the end; otherwise the last epoch's weights stay.
     ``max_steps`` stops after that many optimizer steps in total without writing anything, which
     is how a crash is simulated. Under ``torchrun`` (``WORLD_SIZE > 1``) the model is wrapped in
     DistributedDataParallel; build the loader with ``distributed_env()`` so each rank gets its share.
@@ -632,7 +638,43 @@ def fit(model: nn.Module, train_loader, train_cfg, *, out_dir=None, seed: int = 
     history = _fit(model, train_loader, train_cfg, ctx, device, out_dir, seed, eval_fn, resume,
                    progress, max_steps)
     _barrier(ctx)
+    if _selecting(train_cfg, eval_fn) and len(history) == train_cfg.epochs:
+        _load_selected(model, out_dir, history)
     return history
+
+
+def _selecting(cfg, eval_fn) -> bool:
+    if cfg.select not in SELECTS:
+        raise ValueError(f"train.select={cfg.select!r} is unknown; choose one of {SELECTS}")
+    return cfg.select == "val" and eval_fn is not None
+
+
+def _select(model, record: dict, history: list[dict], cfg, out: Path | None, ctx: _Dist) -> None:
+    """Mark ``record`` ``selected`` and keep the weights when its ``select_metric`` beats every
+    earlier epoch's (ties keep the earlier epoch)."""
+    name = cfg.select_metric
+    if name not in record:
+        raise ValueError(f"train.select_metric={name!r} is not among the validation metrics "
+                         f"{sorted(k for k in record if k not in ('epoch', 'lr', 'seconds'))}")
+    earlier = [h[name] for h in history if name in h]
+    if earlier and record[name] <= max(earlier):
+        return
+    record["selected"] = True
+    if out is None:
+        _unwrap(model)._selected_state = {k: v.detach().clone() for k, v in _unwrap(model).state_dict().items()}
+    elif ctx.main:
+        save_checkpoint(model, out / SELECTED_FILE, extra={"epoch": record["epoch"], name: record[name]})
+
+
+def _load_selected(model, out_dir, history: list[dict]) -> None:
+    if not any(h.get("selected") for h in history):
+        return
+    model = _unwrap(model)
+    if out_dir is None:
+        model.load_state_dict(model._selected_state)
+        del model._selected_state
+    else:
+        load_checkpoint(model, Path(out_dir) / SELECTED_FILE)
 
 
 def _fit(model, loader, cfg, ctx: _Dist, device, out_dir, seed, eval_fn, resume, progress, max_steps):
@@ -662,6 +704,7 @@ def _fit(model, loader, cfg, ctx: _Dist, device, out_dir, seed, eval_fn, resume,
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     per_step = cfg.step_per == "step"
+    selecting = _selecting(cfg, eval_fn)
     sum_dtype = torch.float64 if device.type in ("cpu", "cuda") else torch.float32
 
     epoch, skip, global_step = 0, 0, 0
@@ -736,9 +779,11 @@ def _fit(model, loader, cfg, ctx: _Dist, device, out_dir, seed, eval_fn, resume,
             scheduler.step()
         record = _epoch_record(epoch, sums, steps, lr, (images - images_at_start) * ctx.world_size,
                                seconds, ctx)
-        if eval_fn is not None and (epoch + 1 == cfg.epochs
-                                    or (cfg.eval_every > 0 and (epoch + 1) % cfg.eval_every == 0)):
+        every = cfg.eval_every or (1 if selecting else 0)
+        if eval_fn is not None and (epoch + 1 == cfg.epochs or (every > 0 and (epoch + 1) % every == 0)):
             record.update(_evaluate(model, eval_fn, ctx))
+            if selecting:
+                _select(model, record, history, cfg, out, ctx)
         history.append(record)
         epoch, skip = epoch + 1, 0
         if out is not None:

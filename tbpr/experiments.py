@@ -28,12 +28,12 @@ from .cache import cache_dir, code_version, data_fingerprint, locked, read_json,
 from .config import config_hash, to_dict
 from .data.datasets import build_train_loader
 from .data.formats import load
-from .engine import distributed_env, fit, load_checkpoint, read_checkpoint, seed_everything
+from .engine import SELECTED_FILE, distributed_env, fit, load_checkpoint, read_checkpoint, seed_everything
 from .evaluate import evaluate
 from .papers import get_config, model_class, recipe
 from .synthpedes import ensure
 
-DATA_PROFILE = {"smoke": "smoke", "quick": "quick", "paper": "large"}
+DATA_PROFILE = {"smoke": "smoke", "quick": "quick", "paper": "large", "official": "large"}
 
 
 def default_seeds(profile: str) -> list[int]:
@@ -59,8 +59,9 @@ class Result:
     def load_model(self, device: str = "cpu"):
         """The trained model of this run, rebuilt from its config and checkpoint."""
         spec = self.spec
-        model = load_trained(spec["model"], get_config(spec["model"], "paper", spec["config"]),
-                             Path(self.run_dir) / "model.safetensors")
+        run_dir = Path(self.run_dir)  # train.select="val" kept the best validation epoch's weights
+        weights = run_dir / SELECTED_FILE if (run_dir / SELECTED_FILE).exists() else run_dir / "model.safetensors"
+        model = load_trained(spec["model"], get_config(spec["model"], "paper", spec["config"]), weights)
         return model.to(device).eval()
 
     def save(self, path: Path) -> None:
@@ -131,18 +132,31 @@ def _train(model, name: str, records, cfg, run_dir: Path, seed: int, device: str
     paper.attach_training_data(model, records["train"])
     loader = build_train_loader(records["train"], cfg.data, seed=seed, rank=rank, world_size=world)
     stages = paper.stages(model)
+    eval_fn = _validation(records, cfg, device) if any(c.select == "val" for _, c in stages) else None
     if len(stages) == 1:
         paper.enter_stage(model, stages[0][0])
         return fit(model, loader, stages[0][1], out_dir=run_dir, seed=seed, device=device,
-                   progress=progress)
+                   progress=progress, eval_fn=eval_fn)
     history = []
     for stage, train_cfg in stages:
         paper.enter_stage(model, stage)
         logs = fit(model, loader, train_cfg, out_dir=run_dir / stage, seed=seed, device=device,
-                   progress=progress)
+                   progress=progress, eval_fn=eval_fn)
         history += [{**log, "stage": stage} for log in logs]
     shutil.copy(run_dir / stage / "model.safetensors", run_dir / "model.safetensors")
+    if (run_dir / stage / SELECTED_FILE).exists():
+        shutil.copy(run_dir / stage / SELECTED_FILE, run_dir / SELECTED_FILE)
     return history
+
+
+def _validation(records, cfg, device: str):
+    """``train.select="val"``: R1 etc. on the validation split after each evaluated epoch (no
+    re-ranking), or None with a one-line warning when the dataset has none (ICFG-PEDES)."""
+    if not records.get("val"):
+        warnings.warn("train.select=val: this dataset has no validation split (ICFG-PEDES has none); "
+                      "keeping the last epoch", stacklevel=3)
+        return None
+    return lambda net: evaluate(net, records["val"], cfg.data, device=device, progress=False)
 
 
 def run_spec(model: str, profile: str, overrides: dict | None, dataset: str, data_root, seed: int,

@@ -11,11 +11,11 @@ from tbpr.data.datasets import build_train_loader
 from tbpr.papers import get_config, recipe
 
 OFFLINE = {
-    "ssan": {},
-    "mia": {},
+    "ssan": {"pretrained": None},
+    "mia": {"pretrained": None},
     "lgur": {"vision_pretrained": None, "text_pretrained": None},
     "ivt": {"pretrained_vit": None, "pretrained_bert": None, "pretrain": False},
-    "cada": {},
+    "cada": {"pretrained": None},
 }
 
 

@@ -11,7 +11,7 @@ from tbpr.losses import bidirectional_ranking_loss, compound_ranking_loss, cosin
 from tbpr.papers import create_model, get_config, parameter_table, recipe
 from tbpr.papers.ssan.model import SSAN
 
-TINY = dict(backbone="strided_cnn", cnn_widths=(4, 8, 8, 16, 16), vocab_size=0, embed_dim=8,
+TINY = dict(backbone="strided_cnn", pretrained=None, cnn_widths=(4, 8, 8, 16, 16), vocab_size=0, embed_dim=8,
             hidden_dim=16, feat_dim=16, nln_embed_dim=8, nln_out_dim=8, num_classes=4,
             data={"image_size": (48, 16), "batch_size": 4, "max_caption_len": 12})
 CAPTIONS = ["a man in a red shirt and blue jeans", "the woman wears a green dress and black shoes",

@@ -1,20 +1,84 @@
 """Encoders shared by several papers: timm / torchvision CNNs and ViTs, transformers text encoders,
-word-embedding RNNs. Pretrained weights load by timm / transformers name or by local path, never
-implicitly: ``pretrained=None`` means random initialisation (the offline CPU default).
+word-embedding RNNs. Pretrained weights load by timm / transformers name (from the hub, or its local
+cache when the hub cannot be reached) or by local path, never implicitly: ``pretrained=None`` means
+random initialisation. A name that can be neither downloaded nor found in the cache is a one-line
+error naming the config field to set to a local path or to null (:func:`hub_weights`).
 """
 from __future__ import annotations
 
+import contextlib as _contextlib
+import functools as _functools
+import os as _os
+import socket as _socket
 from pathlib import Path as _Path
 
 import torch as _torch
 from torch import nn as _nn
 
+HUB_HOST = "huggingface.co"
 
-def _timm_model(arch: str, pretrained: str | None, **kwargs) -> _nn.Module:
-    """``arch`` from timm; ``pretrained`` = a timm name (e.g. ``vgg16.tv_in1k``, downloads) or a local
-    state-dict file (.safetensors / .pth) whose keys follow timm's ``arch``; None = random init."""
+
+class PretrainedUnavailable(ValueError):
+    """Hub weights named by a config field that cannot be loaded here (offline, not cached)."""
+
+
+def building_on_meta() -> bool:
+    """True while a model is built under ``torch.device("meta")`` (counting parameters): no weights load."""
+    return _torch.empty(0).device.type == "meta"
+
+
+@_functools.lru_cache(maxsize=1)
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers (checked once per process; ``HF_HUB_OFFLINE=1`` = no)."""
+    if _os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        _socket.create_connection((HUB_HOST, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+@_contextlib.contextmanager
+def _cache_only_when_offline():
+    """Hub clients read only their local cache while the hub is unreachable (instead of retrying
+    for a minute before they look there)."""
+    if hub_reachable():
+        yield
+        return
+    import huggingface_hub.constants as constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
+def hub_weights(field: str, name: str, load):
+    """``load()`` fetches weights ``name`` (a timm / transformers hub name) for config field ``field``;
+    offline it reads the hub's local cache only, and when the weights are not there the error is one
+    line naming ``field``: set it to a local file or folder, or to null for random initialisation."""
+    try:
+        with _cache_only_when_offline():
+            return load()
+    except Exception as err:  # hub clients raise many kinds (OSError, HTTP, offline, not-found)
+        reason = "the hub cannot be reached and they are not in its local cache" if not hub_reachable() \
+            else f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        raise PretrainedUnavailable(
+            f"{field}={name!r}: cannot load these pre-trained weights ({reason}); set {field} to a "
+            f"local file or folder holding them, or {field}=null for random initialisation") from None
+
+
+def _timm_model(arch: str, pretrained: str | None, field: str = "pretrained", **kwargs) -> _nn.Module:
+    """``arch`` from timm; ``pretrained`` = a timm name (e.g. ``vgg16.tv_in1k``: from the hub or its
+    cache) or a local state-dict file (.safetensors / .pth) whose keys follow timm's ``arch``; None =
+    random init. ``field`` names the config field in errors. Nothing loads on the meta device."""
     import timm  # imported where used: 3 s to import, and the small CPU trunks never need it
 
+    if building_on_meta():
+        return timm.create_model(arch, pretrained=False, **kwargs)
     if pretrained is None or _Path(pretrained).exists():
         model = timm.create_model(arch, pretrained=False, **kwargs)
         if pretrained is not None:
@@ -29,13 +93,13 @@ def _timm_model(arch: str, pretrained: str | None, **kwargs) -> _nn.Module:
                 raise ValueError(f"{pretrained}: not a {arch} state dict (missing {trunk_missing[:3]} ...)")
         return model
     if not pretrained.split(".")[0] == arch:
-        raise ValueError(f"pretrained={pretrained!r} is not a timm name of {arch!r} nor an existing file")
-    return timm.create_model(pretrained, pretrained=True, **kwargs)
+        raise ValueError(f"{field}={pretrained!r} is not a timm name of {arch!r} nor an existing file")
+    return hub_weights(field, pretrained, lambda: timm.create_model(pretrained, pretrained=True, **kwargs))
 
 
-def vgg16_trunk(pretrained: str | None = None) -> _nn.Module:
+def vgg16_trunk(pretrained: str | None = None, field: str = "pretrained") -> _nn.Module:
     """VGG-16 conv trunk up to and including pool5 (stride 32): 384×128 -> 512×12×4."""
-    return _timm_model("vgg16", pretrained).features
+    return _timm_model("vgg16", pretrained, field).features
 
 
 class _StrideOneResNet(_nn.Module):
@@ -47,9 +111,9 @@ class _StrideOneResNet(_nn.Module):
         return self.resnet.forward_features(x)
 
 
-def resnet50_stride16(pretrained: str | None = None) -> _nn.Module:
+def resnet50_stride16(pretrained: str | None = None, field: str = "pretrained") -> _nn.Module:
     """ResNet-50 up to layer4 with the first layer4 block's stride set to 1 (PCB): 384×128 -> 2048×24×8."""
-    resnet = _timm_model("resnet50", pretrained, num_classes=0, global_pool="")
+    resnet = _timm_model("resnet50", pretrained, field, num_classes=0, global_pool="")
     block = resnet.layer4[0]
     block.conv2.stride = (1, 1)
     block.downsample[0].stride = (1, 1)
@@ -69,12 +133,13 @@ def vgg_mini(channels: tuple[int, ...] = (16, 32, 64, 64)) -> _nn.Module:
     return _nn.Sequential(*layers)
 
 
-def cnn_trunk(name: str, pretrained: str | None = None, channels: tuple[int, ...] = (16, 32, 64, 64)):
+def cnn_trunk(name: str, pretrained: str | None = None, channels: tuple[int, ...] = (16, 32, 64, 64),
+              field: str = "pretrained"):
     """(trunk, output channels) for ``name`` in vgg16 | resnet50 | vgg_mini."""
     if name == "vgg16":
-        return vgg16_trunk(pretrained), 512
+        return vgg16_trunk(pretrained, field), 512
     if name == "resnet50":
-        return resnet50_stride16(pretrained), 2048
+        return resnet50_stride16(pretrained, field), 2048
     if name == "vgg_mini":
         if pretrained is not None:
             raise ValueError("vgg_mini has no pretrained weights; set pretrained=None")
@@ -102,8 +167,8 @@ class ViTPatchTokens(_nn.Module):
     def forward(self, images: _torch.Tensor) -> _torch.Tensor:
         return self.vit.forward_features(images)[:, self.vit.num_prefix_tokens:]
 
-    def load_deit(self, pretrained: str) -> None:
-        """Load a (distilled) DeiT checkpoint: a timm name (downloads) or a local state-dict file.
+    def load_deit(self, pretrained: str, field: str = "vision_pretrained") -> None:
+        """Load a (distilled) DeiT checkpoint: a timm name (hub or its cache) or a local state-dict file.
 
         The distillation token and its position entry are dropped, the position grid is resized to
         ``self.grid`` and blocks beyond this model's depth are ignored."""
@@ -117,7 +182,8 @@ class ViTPatchTokens(_nn.Module):
             else:
                 state = _torch.load(pretrained, map_location="cpu", weights_only=True)
         else:
-            state = timm.create_model(pretrained, pretrained=True).state_dict()
+            state = hub_weights(field, pretrained,
+                                lambda: timm.create_model(pretrained, pretrained=True).state_dict())
         prefix = 2 if "dist_token" in state else 1
         pos = state["pos_embed"]
         old = int((pos.shape[1] - prefix) ** 0.5)
@@ -136,9 +202,10 @@ class ResNetPatchTokens(_nn.Module):
     """ResNet-50 trunk (stride 32) + bias-free 1×1 conv to ``dim``, flattened row-major to tokens
     ``[B, N, dim]`` (384×128 -> 12×4 = 48 tokens)."""
 
-    def __init__(self, image_size: tuple[int, int], dim: int, pretrained: str | None = None):
+    def __init__(self, image_size: tuple[int, int], dim: int, pretrained: str | None = None,
+                 field: str = "vision_pretrained"):
         super().__init__()
-        self.trunk = _timm_model("resnet50", pretrained, num_classes=0, global_pool="")
+        self.trunk = _timm_model("resnet50", pretrained, field, num_classes=0, global_pool="")
         self.proj = _nn.Conv2d(self.trunk.num_features, dim, 1, bias=False)
         self.grid = (image_size[0] // 32, image_size[1] // 32)
 
@@ -168,6 +235,6 @@ class StridedCNN(_nn.Module):
         return self.body(x)
 
 
-def resnet50_trunk(pretrained: str | None = None) -> _nn.Module:
+def resnet50_trunk(pretrained: str | None = None, field: str = "pretrained") -> _nn.Module:
     """ResNet-50 conv1…layer4, standard last stride (384×128 -> 2048×12×4); ``forward_features``."""
-    return _timm_model("resnet50", pretrained, num_classes=0, global_pool="")
+    return _timm_model("resnet50", pretrained, field, num_classes=0, global_pool="")

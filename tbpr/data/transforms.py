@@ -22,11 +22,14 @@ def decode_image(path, size: tuple[int, int] | None = None) -> torch.Tensor:
         return torch.from_numpy(np.array(im)).permute(2, 0, 1).contiguous()
 
 
+ERASING_FILLS = ("zero", "mean", "noise")
+
+
 def pad_for(data_cfg) -> int:
-    """Pad-and-crop margin: ``pad_crop`` is given for 384-pixel-high images, scaled to the input."""
-    if not data_cfg.pad_crop:
-        return 0
-    return max(1, round(data_cfg.pad_crop * data_cfg.image_size[0] / 384))
+    """Pad-and-crop margin in pixels: ``pad_crop`` is in pixels of the configured input (the papers
+    pad 10 px of their own input, 384 or 224 high); the CPU profiles set their scaled margin
+    explicitly."""
+    return int(data_cfg.pad_crop)
 
 
 class TrainAugment:
@@ -44,6 +47,11 @@ class TrainAugment:
     def __init__(self, data_cfg):
         self.size = tuple(data_cfg.image_size)
         self.flip, self.pad, self.erasing = data_cfg.flip, pad_for(data_cfg), data_cfg.random_erasing
+        if data_cfg.erasing_fill not in ERASING_FILLS:
+            raise ValueError(f"data.erasing_fill={data_cfg.erasing_fill!r}; choose one of {ERASING_FILLS}")
+        self.erasing_fill = data_cfg.erasing_fill
+        self.erasing_scale = tuple(data_cfg.erasing_scale)
+        self.mean = torch.tensor(data_cfg.mean).view(-1, 1, 1)
         std = torch.tensor(data_cfg.std).view(-1, 1, 1)
         self.scale = 1.0 / (255.0 * std)  # (x / 255 - mean) / std as one multiply-add
         self.shift = -torch.tensor(data_cfg.mean).view(-1, 1, 1) / std
@@ -57,7 +65,8 @@ class TrainAugment:
             image = pad_and_crop(image, self.pad, generator)
         x = image.float() * self.scale + self.shift
         if self.erasing > 0 and torch.rand((), generator=generator) < self.erasing:
-            erase_random_box(x, generator=generator)
+            erase_random_box(x, scale=self.erasing_scale, generator=generator, fill=self.erasing_fill,
+                             mean=self.mean)
         return x
 
 
@@ -68,8 +77,12 @@ def pad_and_crop(image: torch.Tensor, pad: int, generator: torch.Generator | Non
 
 
 def erase_random_box(x: torch.Tensor, scale=(0.02, 0.33), ratio=(0.3, 3.3),
-                     generator: torch.Generator | None = None) -> None:
-    """Zero one random box in place; no box when 10 draws do not fit (as torchvision)."""
+                     generator: torch.Generator | None = None, fill: str = "zero",
+                     mean: torch.Tensor | None = None) -> None:
+    """Erase one random box in place; no box when 10 draws do not fit (as torchvision). ``fill``:
+    zero; mean = the values of ``mean`` [C, 1, 1] (torchvision ``value=mean`` after Normalize, CADA's
+    code); noise = per-pixel standard normal drawn from ``generator`` (timm ``mode="pixel"``, IVT's
+    code)."""
     h, w = x.shape[-2:]
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
     for _ in range(10):
@@ -80,7 +93,12 @@ def erase_random_box(x: torch.Tensor, scale=(0.02, 0.33), ratio=(0.3, 3.3),
         if bh < h and bw < w:
             i = int(torch.randint(0, h - bh + 1, (), generator=generator))
             j = int(torch.randint(0, w - bw + 1, (), generator=generator))
-            x[:, i:i + bh, j:j + bw] = 0
+            if fill == "noise":
+                x[:, i:i + bh, j:j + bw] = torch.randn((x.shape[0], bh, bw), generator=generator)
+            elif fill == "mean":
+                x[:, i:i + bh, j:j + bw] = mean.to(x.dtype)
+            else:
+                x[:, i:i + bh, j:j + bw] = 0
             return
 
 

@@ -2,7 +2,9 @@
 
 ``tbpr/papers/<paper>/`` holds ``model.py`` (the config dataclass, whose defaults are the paper
 profile, and the network), ``recipe.py`` (how the paper trains and evaluates beyond the shared loop)
-and ``paper.yaml`` (the CPU profiles and every ablation row, beside the paper's own numbers). Every
+and ``paper.yaml`` (the ``official`` profile — the official code where it differs from the paper, as
+overrides of the paper profile, each with its reason under ``reasons: official:`` —, the CPU
+profiles and every ablation row, beside the paper's own numbers). Every
 model builds from its config alone, at every profile, without data; ``device="meta"`` counts the
 parameters of the paper sizes without allocating them.
 """
@@ -16,7 +18,7 @@ import torch
 import yaml
 
 from ..cache import PAPERS
-from ..config import PROFILES, apply_overrides
+from ..config import PROFILES, apply_overrides, to_dict
 from .base import Recipe, TBPRModel, count_parameters, parameter_table
 
 MODEL_NAMES = PAPERS
@@ -55,13 +57,39 @@ def load_presets(name: str) -> dict:
 
 
 def preset(name: str, profile: str):
-    """The config of ``name`` at ``profile``: the paper's defaults, then the profile's overrides."""
+    """The config of ``name`` at ``profile``: the paper's defaults, then the profile's overrides
+    (``official`` = the paper profile with the official code's values where they differ)."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {PROFILES}")
     cfg = paper_module(name).CONFIG()
     if profile != "paper":
-        cfg = apply_overrides(cfg, load_presets(name).get(profile, {}))
+        cfg = apply_overrides(cfg, load_presets(name).get(profile) or {})
     return cfg
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict) and value and key not in ("lr_mult",):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def profile_reasons(name: str, profile: str) -> dict[str, str]:
+    """Why each field of ``profile`` differs from the paper profile: ``reasons: <profile>:`` of
+    ``paper.yaml`` (dotted field -> reason)."""
+    return dict((load_presets(name).get("reasons") or {}).get(profile) or {})
+
+
+def profile_diff(name: str, a: str = "paper", b: str = "official") -> list[tuple[str, object, object, str]]:
+    """Every config field whose value differs between profiles ``a`` and ``b``, as (dotted field,
+    value at a, value at b, reason): the reason recorded for ``b`` (else for ``a``), '' if none."""
+    fa, fb = _flat(to_dict(preset(name, a))), _flat(to_dict(preset(name, b)))
+    reasons = {**profile_reasons(name, a), **profile_reasons(name, b)}
+    return [(k, fa.get(k), fb.get(k), reasons.get(k, "")) for k in sorted(set(fa) | set(fb))
+            if fa.get(k) != fb.get(k)]
 
 
 def ablation_rows(name: str, table: str) -> dict[str, dict]:
@@ -116,4 +144,4 @@ def create_model(name: str, profile: str = "quick", *, device: str | torch.devic
 
 __all__ = ["MODEL_NAMES", "Recipe", "TBPRModel", "ablation_rows", "available_models",
            "count_parameters", "create_model", "get_config", "model_class", "paper_numbers",
-           "parameter_table", "preset", "recipe"]
+           "parameter_table", "preset", "profile_diff", "profile_reasons", "recipe"]

@@ -34,6 +34,7 @@ from ... import zoo
 from ...config import DataConfig, ModelConfig, TrainConfig, apply_overrides
 from ...data.text import Vocabulary, bert_tokenizer, pos_tag, wordpiece_words
 from ...losses import atp_loss, cmpm_loss, mam_loss, ndf_loss
+from ...backbones import building_on_meta
 from ..base import TBPRModel
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -94,10 +95,11 @@ def _paper_train() -> TrainConfig:
 
 
 def _paper_data() -> DataConfig:
-    # batch 96, flip, crop, random erasing [Sec. IV-B]; 224x224, pad 10, erasing 0.5, CLIP normalisation
-    # (official code)
+    # batch 96, flip, crop, random erasing [Sec. IV-B]; 224x224, pad 10 px, erasing 0.5 of 2-40 % of the
+    # image filled with the normalisation mean's values, CLIP normalisation (official code)
     return DataConfig(image_size=(224, 224), batch_size=96, sampler="random", flip=True, pad_crop=10,
-                      random_erasing=0.5, mean=CLIP_MEAN, std=CLIP_STD, max_caption_len=72)
+                      random_erasing=0.5, erasing_fill="mean", erasing_scale=(0.02, 0.4),
+                      mean=CLIP_MEAN, std=CLIP_STD, max_caption_len=72)
 
 
 @dataclass
@@ -115,7 +117,9 @@ class CADAConfig(ModelConfig):
     rerank_k: int = 32  # k of CADA-L (0 = CADA-G)
     local_score: str = "logit"  # logit (code) | prob (the paper's "matching probability")
     local_groups: str = "enc"  # enc | enc+groups (mean of the [ENC] and group heads)
-    pretrained: str | None = None  # local path of BLIP model_base.pth
+    # BLIP ViT-B pre-trained weights, the paper's initialisation [Sec. IV-B]: the released file's name
+    # (a path relative to the working directory), a local path, a zoo name, or None = random init
+    pretrained: str | None = "model_base.pth"
     init_std: float = 0.02  # trunc-normal std of random initialisation (BERT/ViT: 0.02 at width 768)
 
 
@@ -392,7 +396,7 @@ class CADA(TBPRModel):
             self.mlm_head = MLMHead(t.width, self.text_encoder.word)  # phi (Eq. 6)
         self.apply(partial(self._init_weights, std=cfg.init_std))
         self._tokenizer = None
-        if cfg.pretrained:
+        if cfg.pretrained and not building_on_meta():
             load_blip(self, cfg.pretrained)
 
     @staticmethod
@@ -621,8 +625,9 @@ def load_blip(model: CADA, path: str) -> None:
             state = {f"visual_encoder.{k}": v for k, v in state.items()}
     else:
         if not Path(path).is_file():
-            raise FileNotFoundError(f"pretrained={path!r}: BLIP checkpoint not found; download BLIP "
-                                    "model_base.pth and pass its local path, or set pretrained=None")
+            raise FileNotFoundError(f"pretrained={path!r}: BLIP's model_base.pth not found here (nothing "
+                                    "downloads); set pretrained to its local path, or pretrained=null "
+                                    "for random initialisation")
         state = torch.load(path, map_location="cpu", weights_only=True)
         state = blip_to_cada_names(state.get("model", state))
     pos = state.get("visual_encoder.pos_embed")

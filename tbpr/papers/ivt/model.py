@@ -38,6 +38,7 @@ from ...config import DataConfig, ModelConfig, TrainConfig, apply_overrides
 from ...data.text import bert_tokenizer, chunk
 from ... import zoo
 from ...losses import cmpm_loss, itc_loss, itm_loss, mam_loss
+from ...backbones import hub_weights
 from ..base import TBPRModel
 
 
@@ -47,17 +48,19 @@ from ..base import TBPRModel
 def _paper_train() -> TrainConfig:
     # Sec. 4.1: SGD, lr 5e-3, wd 1e-4, cosine decay; the official code adds momentum 0.9, biases at 2×
     # (IVTConfig.bias_lr_factor), 120 epochs, 5-epoch linear warm-up from 1 % of the lr, cosine to
-    # 1e-5, FP16 autocast.
+    # 1e-5, FP16 autocast. Its epochs count from 1 and it calls scheduler.step(epoch) before each
+    # epoch, so the first epoch trains at warm-up step 1 (lr_epoch_offset=1), not at the start value.
     return TrainConfig(epochs=120, optimizer="sgd", lr=5e-3, weight_decay=1e-4, momentum=0.9,
                        schedule="cosine", warmup_epochs=5, warmup_factor=0.01, min_lr=1e-5,
-                       amp="fp16")
+                       amp="fp16", lr_epoch_offset=1)
 
 
 def _paper_data() -> DataConfig:
     # Sec. 4.1: 28 pairs per GPU, flip and random crop; the official code: 7 identities × 4 pairs,
-    # pad-10 crop, erasing 0.5, mean=std=0.5; three independently augmented views per image for MLA.
+    # pad-10 crop, erasing 0.5 filled with per-pixel noise (timm RandomErasing(mode="pixel")),
+    # mean=std=0.5; three independently augmented views per image for MLA.
     return DataConfig(image_size=(384, 128), batch_size=28, sampler="pk", num_instances=4,
-                      flip=True, pad_crop=10, random_erasing=0.5, mean=(0.5, 0.5, 0.5),
+                      flip=True, pad_crop=10, random_erasing=0.5, erasing_fill="noise", mean=(0.5, 0.5, 0.5),
                       std=(0.5, 0.5, 0.5), n_views=3, max_caption_len=100)
 
 
@@ -459,16 +462,14 @@ def _state_dict(source: str, kind: str, grid: tuple[int, int] | None = None) -> 
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
         return state.get("model", state.get("state_dict", state))
-    try:
-        if kind == "vit":
-            import timm  # imported where used: 3 s to import, and only hub weights need it here
-            return timm.create_model(source, pretrained=True).state_dict()
-        from transformers import BertModel  # 2.3 s to import; only hub weights need it here
+    if kind == "vit":
+        import timm  # imported where used: 3 s to import, and only hub weights need it here
+        return hub_weights("pretrained_vit", source,
+                           lambda: timm.create_model(source, pretrained=True).state_dict())
+    from transformers import BertModel  # 2.3 s to import; only hub weights need it here
+    if path.exists():  # a local folder
         return BertModel.from_pretrained(source).state_dict()
-    except Exception as err:
-        raise RuntimeError(
-            f"IVT: could not load the {kind} weights {source!r} ({err}). Pass a local file/folder "
-            f"as pretrained_{kind}=<path>, or pretrained_{kind}=null for random initialisation") from err
+    return hub_weights("pretrained_bert", source, lambda: BertModel.from_pretrained(source).state_dict())
 
 
 def _resize_pos_embed(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:

@@ -26,6 +26,7 @@ import copy
 import functools
 import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +38,7 @@ from ...config import DataConfig, ModelConfig, TrainConfig
 from ...cache import FeatureCache
 from ...data.text import bert_tokenizer, minilm_path
 from ...losses import part_id_loss, semi_hard_ranking_loss
-from ...backbones import ResNetPatchTokens, ViTPatchTokens
+from ...backbones import ResNetPatchTokens, ViTPatchTokens, hub_weights
 from ..base import TBPRModel
 
 RECON_TYPES = ("none", "self_attn", "unshared_dict", "shared_dict")
@@ -64,6 +65,10 @@ class LGURConfig(ModelConfig):
     text_ffn: int = 3072
     max_words: int = 100  # WordPiece ids incl. [CLS]/[SEP]
     cache_text_features: bool = True  # frozen outputs computed once per caption
+    # the frozen BERT's dropout: 0 = never (paper: a frozen feature extractor); E = on from epoch E (the
+    # official code builds BERT in eval mode, but network.train() after each epoch's test turns its
+    # dropout on from epoch 2; its weights stay frozen). Those epochs encode every caption afresh.
+    text_dropout_from_epoch: int = 0
     # common width D (= the DeiT-S width, so no projection is needed)
     dim: int = 384
     # DGA
@@ -160,8 +165,13 @@ def _text_source(name: str) -> str:
 
 @functools.lru_cache(maxsize=2)
 def _pretrained_bert(name: str):
-    """Loaded once per process (ablation sweeps build many models around the same frozen BERT)."""
-    return BertModel.from_pretrained(_text_source(name), add_pooling_layer=False)
+    """Loaded once per process (ablation sweeps build many models around the same frozen BERT); a hub
+    name that cannot be loaded here is a one-line error naming ``text_pretrained``."""
+    source = _text_source(name)
+    if Path(source).exists():
+        return BertModel.from_pretrained(source, add_pooling_layer=False)
+    return hub_weights("text_pretrained", name,
+                       lambda: BertModel.from_pretrained(source, add_pooling_layer=False))
 
 
 # ----------------------------------------------------------------------------- the model
@@ -197,6 +207,9 @@ class LGUR(TBPRModel):
         self._init_weights()
         self._tokenizer = None
         self._text_cache = FeatureCache("lgur_text", self._text_cache_key() if cfg.cache_text_features else None)
+        self.steps_per_epoch = 0  # set by the recipe from the training split (text_dropout_from_epoch)
+        if cfg.text_dropout_from_epoch > 0:  # saved with the weights: a resumed run knows its epoch
+            self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
         if cfg.text_pretrained is not None:
             # the frozen encoder is reloaded from its source, so checkpoints leave it out
             self._register_state_dict_hook(_drop_frozen_text_encoder)
@@ -254,7 +267,9 @@ class LGUR(TBPRModel):
     def tokenizer(self):
         if self._tokenizer is None:
             source = self.cfg.text_pretrained
-            self._tokenizer = bert_tokenizer(None if source in (None, "minilm") else _text_source(source))
+            # bert-base-uncased's WordPiece vocabulary is the packaged one: no hub call for it
+            offline = source in (None, "minilm", "bert-base-uncased")
+            self._tokenizer = bert_tokenizer(None if offline else _text_source(source))
         return self._tokenizer
 
     # --- text path: frozen BERT -> Bi-LSTM (mean of the two directions)
@@ -282,11 +297,35 @@ class LGUR(TBPRModel):
             self._text_cache.add(feats)
         return [self._text_cache.store[c] for c in captions]
 
+    @property
+    def text_dropout_on(self) -> bool:
+        """Training in an epoch (1-based) >= ``text_dropout_from_epoch`` > 0."""
+        e = self.cfg.text_dropout_from_epoch
+        if not (self.training and e > 0 and self.steps_per_epoch):
+            return False
+        return int(self.steps_done) // self.steps_per_epoch + 1 >= e
+
+    @torch.no_grad()
+    def _dropout_features(self, captions: list[str]) -> list[torch.Tensor]:
+        """The frozen encoder's outputs with its dropout on (no cache: every pass draws new masks)."""
+        ids = self.tokenize(captions)["input_ids"]
+        self.text_encoder.train()
+        try:
+            out = []
+            for row in ids:
+                row = torch.tensor([row], device=self.device)
+                out.append(self.text_encoder(input_ids=row, attention_mask=torch.ones_like(row),
+                                             token_type_ids=torch.zeros_like(row)).last_hidden_state[0]
+                           .to("cpu", torch.float16))
+            return out
+        finally:
+            self.text_encoder.eval()
+
     def encode_words(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """T [B, L, D] and its key mask π [B, L] (True = real token), L = the longest caption."""
         if any(not c.strip() for c in captions):
             raise ValueError("LGUR.encode_words: got an empty caption; drop it from the data")
-        feats = self._frozen_features(captions)
+        feats = self._dropout_features(captions) if self.text_dropout_on else self._frozen_features(captions)
         lengths = torch.tensor([len(f) for f in feats])
         E = pad_sequence(feats, batch_first=True).to(self.device, torch.float32)
         pi = (torch.arange(E.shape[1])[None, :] < lengths[:, None]).to(self.device)
@@ -351,6 +390,8 @@ class LGUR(TBPRModel):
         cfg, pids = self.cfg, batch["pids"].to(self.device)
         V = self.visual(batch["images"].to(self.device))
         T, pi = self.encode_words(batch["captions"])
+        if cfg.text_dropout_from_epoch > 0:
+            self.steps_done += 1
         if cfg.recon_type == "none":  # Table 5 No.0/1: raw features only
             f_v, f_t = self.unify(V)[0], self.unify(T, pi, text=True)[0]
             return self._total({"id": self._id(f_v, f_t, pids), "rank": self._rank(f_v, f_t, pids)})

@@ -3,6 +3,8 @@ LGUR trains in one stage from its config alone; its frozen text encoder's featur
 caption by ``tbpr.cache.FeatureCache``."""
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
@@ -11,6 +13,13 @@ from ..base import Recipe
 
 
 class LGURRecipe(Recipe):
+    def attach_training_data(self, model, train_records) -> None:
+        """The optimizer steps per epoch (shuffled caption pairs, drop_last), by which
+        ``text_dropout_from_epoch`` counts epochs."""
+        n_captions = sum(len(r.captions) for r in train_records)
+        world = int(os.environ.get("WORLD_SIZE", 1))
+        model.steps_per_epoch = max(1, n_captions // (model.cfg.data.batch_size * world))
+
     @torch.no_grad()
     def explain(self, model, caption: str, image: torch.Tensor) -> dict | None:
         """Words and patches both attend over the shared dictionary 𝒟 (Eqs. 1-2): a patch lights up

@@ -45,7 +45,9 @@ class MIAConfig(ModelConfig):
     every ablation row of Tables II-IX as an override."""
     # visual CNN (Sec. IV-A): vgg16 | resnet50 | vgg_mini (the CPU trunk)
     cnn: str = "vgg16"
-    pretrained: str | None = None  # timm name (e.g. "vgg16.tv_in1k") or local file; None = random
+    # ImageNet init of the CNN (Sec. IV-B): a timm name (hub or its cache), a local file, or None =
+    # random; the ResNet-50 row of Table VII sets "resnet50.tv_in1k"
+    pretrained: str | None = "vgg16.tv_in1k"
     cnn_channels: tuple[int, ...] = (16, 32, 64, 64)  # vgg_mini only
     # pretrained: use cfg.pretrained as is; surrogate: stage-0 image-only id warm-up of the CNN on the
     # training images (stands in for ImageNet on CPU); random: a frozen random CNN in step 1

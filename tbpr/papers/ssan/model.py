@@ -43,7 +43,9 @@ class SSANConfig(ModelConfig):
     """Defaults = the paper profile (ResNet-50, CUHK-PEDES); ``tbpr/papers/ssan/paper.yaml`` shrinks it."""
     # visual backbone (Sec. 3.1)
     backbone: str = "resnet50"  # resnet50 | strided_cnn (CPU profiles)
-    pretrained: str | None = None  # "resnet50.tv_in1k" (or a local file) = the paper's ImageNet init
+    # ImageNet init (the code: torchvision's resnet50(pretrained=True) = timm "resnet50.tv_in1k"); a timm
+    # name (hub or its cache), a local file, or None = random init
+    pretrained: str | None = "resnet50.tv_in1k"
     cnn_widths: tuple[int, ...] = (32, 64, 64, 128, 128)  # strided_cnn only; last = hidden_dim
     cnn_strides: tuple[int, ...] = (2, 2, 1, 2, 1)
     # textual backbone (Sec. 3.1)
@@ -75,6 +77,9 @@ class SSANConfig(ModelConfig):
     cr_min_margin: float = 0.16
     cr_variant: str = "official"  # official (code) | paper (Eq. 19-21 as printed)
     neg_mining: str = "semi_hard_random"  # official code | hardest (paper, Eq. 18)
+    # official code: a batch where no anchor finds a semi-hard negative still gives one triplet (the
+    # last anchor and its first negative); False = that ranking term is 0
+    cr_fallback: bool = True
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         epochs=60, optimizer="adam", lr=1e-3, weight_decay=0.0, betas=(0.9, 0.999),
         lr_mult={"visual.": 0.1}, schedule="multistep", milestones=(20, 40), gamma=0.1))
@@ -163,7 +168,7 @@ class SSAN(TBPRModel):
 
         # Sec. 3.1 visual backbone
         if cfg.backbone == "resnet50":
-            self.visual = resnet50_trunk(cfg.pretrained)
+            self.visual = resnet50_trunk(cfg.pretrained, "pretrained")
         else:
             self.visual = StridedCNN(cfg.cnn_widths, cfg.cnn_strides)
         # Sec. 3.1 textual backbone: two word-embedding tables (official code), one shared bias-free Bi-LSTM
@@ -201,6 +206,8 @@ class SSAN(TBPRModel):
         if cfg.backbone == "strided_cnn" and cfg.cnn_widths[-1] != cfg.hidden_dim:
             raise ValueError(f"ssan: W_g is shared by both modalities, so the CNN's last width "
                              f"{cfg.cnn_widths[-1]} must equal hidden_dim={cfg.hidden_dim}")
+        if cfg.backbone != "resnet50" and cfg.pretrained is not None:
+            raise ValueError(f"ssan: backbone={cfg.backbone!r} has no pre-trained weights; set pretrained=null")
         if cfg.backbone == "resnet50" and cfg.hidden_dim != 2048:
             raise ValueError("ssan: resnet50 gives 2048 channels; set hidden_dim=2048")
 
@@ -349,7 +356,7 @@ class SSAN(TBPRModel):
                 image[f], text[f], cross_text.get(f), pids, alpha1=cfg.cr_alpha1, beta=cfg.cr_beta,
                 margin=cfg.cr_margin, fixed_alpha2=cfg.cr_fixed_alpha2, warmup=warmup,
                 min_margin=cfg.cr_min_margin, variant=cfg.cr_variant, mining=cfg.neg_mining,
-                weak_valid=weak_valid)
+                weak_valid=weak_valid, fallback=cfg.cr_fallback)
             total = total + weight * (out[f"id_{f}"] + out[f"cr_{f}"])  # weights 1 / 0.5 / 0.5 (Sec. 4)
         if self.training:
             self.steps_done += 1
