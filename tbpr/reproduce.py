@@ -19,8 +19,8 @@ from .summary import write_summary
 
 REPO = Path(__file__).resolve().parents[1]
 # DESIGN.md's notebook order: the data tour, the papers in the order they appeared, then the rest.
-EXPECTED = ("00_synthpedes", "01_mia", "02_ssan", "03_lgur", "04_ivt", "05_cada",
-            "06_comparison", "07_explorer")
+EXPECTED = ("00_synthpedes", "01_mia", "02_ssan", "03_lgur", "04_ivt", "05_cada", "06_irra",
+            "07_comparison", "08_explorer")
 
 
 # `large`: the GPU reproduction, paper-size models on SynthPedes at CUHK-PEDES size (experiments'
@@ -49,7 +49,7 @@ def missing(directory: Path) -> list[str]:
 
 def notebook_code_version(stem: str) -> str:
     """The code a notebook's numbers depend on: its paper's model for 01-05 (``code_version``), every
-    model for the others (06/07 compare all five; 00 is cheap enough to share that rule)."""
+    model for the others (07/08 compare every model; 00 is cheap enough to share that rule)."""
     topic = stem.split("_", 1)[-1]
     if topic in MODEL_NAMES:
         return code_version(topic)

@@ -22,7 +22,7 @@ def test_summary_holds_every_table_conclusion_and_figure(tmp_path):
     text = summary.write_summary(_figures(tmp_path)).read_text()
     assert "## 02 · SSAN" in text and "SSAN reaches R1 12.3 here." in text
     assert "| SSAN | 12.3 | 61.37 |" in text and "![fig8_wam](ssan/fig8_wam.png)" in text
-    assert text.index("02 · SSAN") < text.index("06 · Side-by-side comparison")
+    assert text.index("02 · SSAN") < text.index("07 · Side-by-side comparison")
 
 
 def test_summary_without_outputs_says_what_to_run(tmp_path):
@@ -73,9 +73,9 @@ def test_comparison_notebooks_depend_on_every_model_and_paper_notebooks_on_their
     versions = {m: m[:3] for m in ("mia", "ssan", "lgur", "ivt", "cada")}
     monkeypatch.setattr(reproduce, "code_version", lambda model=None: versions.get(model, "lib"))
     assert reproduce.notebook_code_version("04_ivt") == "ivt"
-    before = reproduce.notebook_code_version("06_comparison")
+    before = reproduce.notebook_code_version("07_comparison")
     versions["cada"] = "new"
-    assert reproduce.notebook_code_version("06_comparison") != before
+    assert reproduce.notebook_code_version("07_comparison") != before
     assert reproduce.notebook_code_version("04_ivt") == "ivt"
 
 

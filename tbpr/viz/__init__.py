@@ -1,5 +1,5 @@
 """Plots and tables for the notebooks: heat maps, WAM bars, retrieval grids, curves, ablation tables,
-and the side-by-side comparison of notebook 06 (``tbpr.viz.comparison``)."""
+and the side-by-side comparison of notebook 07 (``tbpr.viz.comparison``)."""
 from . import comparison
 from .figures import (overlay_heatmap, plot_history, retrieval_grid, save_figure, stripe_bars,
                       to_display_image, upsample_heat)

@@ -1,4 +1,4 @@
-"""The side-by-side comparison of notebook 06: inference cost per query measured on a test split,
+"""The side-by-side comparison of notebook 07: inference cost per query measured on a test split,
 the final ranking of every query (after re-ranking where a method re-ranks), and a SynthPedes
 ground-truth breakdown of which queries each method gets wrong.
 

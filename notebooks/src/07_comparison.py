@@ -7,7 +7,7 @@
 # ---
 
 # %% [markdown]
-# # 06 · The five papers side by side on SynthPedes
+# # 07 · The five papers and IRRA side by side on SynthPedes
 #
 # Every model at its full configuration, trained on the same SynthPedes split at the chosen profile
 # and budget through `tbpr.experiments.run` (the runs of notebooks 01–05 are reused from the cache
@@ -63,8 +63,8 @@ print("models:", models, "| profile:", profile, "| seeds:", seeds, "| torch thre
 # %% [markdown]
 # ## 1 · What the papers report (text → image, %)
 # Each paper's own numbers, from the results table named beside each; `-` where the paper does not
-# report it (MIA predates ICFG-PEDES and RSTPReid; SSAN and LGUR report no RSTPReid; only CADA reports
-# mAP). CADA is listed twice: global cosine scores (CADA-G) and with its decoder re-ranking the top-k
+# report it (MIA predates ICFG-PEDES and RSTPReid; SSAN and LGUR report no RSTPReid; only CADA and
+# IRRA report mAP; IRRA's numbers are from its official README). CADA is listed twice: global cosine scores (CADA-G) and with its decoder re-ranking the top-k
 # gallery images of every query (CADA-L). Later papers do list third-party numbers (e.g. MIA 46.49
 # and SSAN 54.23 R1 on ICFG-PEDES in CADA's Table II, SSAN 43.50 on RSTPReid in its Table III);
 # they are not used here.
@@ -83,6 +83,8 @@ PAPERS = {  # label -> dataset -> (R1, R5, R10, mAP); None = not reported
                "RSTPReid": (61.50, 82.60, 89.15, 47.28)},  # (Tables I–III)
     "cada-L": {"CUHK-PEDES": (78.37, 91.57, 94.58, 68.87), "ICFG-PEDES": (67.81, 82.34, 87.14, 39.85),
                "RSTPReid": (69.60, 86.75, 92.40, 52.74)},  # (Tables I–III)
+    "irra": {"CUHK-PEDES": (73.38, 89.93, 93.71, 66.13), "ICFG-PEDES": (63.46, 80.24, 85.82, 38.05),
+             "RSTPReid": (60.20, 81.30, 88.20, 47.17)},  # (official README, anosorae/IRRA)
 }
 DATASETS, PAPER_METRICS = ("CUHK-PEDES", "ICFG-PEDES", "RSTPReid"), ("R1", "R5", "R10", "mAP")
 paper = pd.DataFrame({label: {f"{d} {k}": ("-" if d not in rep or rep[d][i] is None else f"{rep[d][i]:.2f}")
@@ -100,7 +102,8 @@ K = getattr(get_config("cada", profile), "rerank_k", 32)
 PROTOCOLS = {m: ({"cada-G": 0, "cada-L": K} if m == "cada" else {m: 0}) for m in models}
 INFERENCE = {"mia": "pairwise: cross-modal attention on every pair", "ssan": "separate encoding",
              "lgur": "separate encoding", "ivt": "separate encoding", "cada-G": "separate encoding",
-             "cada-L": f"separate encoding + decoder re-ranking of the top {K}"}
+             "cada-L": f"separate encoding + decoder re-ranking of the top {K}",
+             "irra": "separate encoding"}
 results = {label: [experiments.run(m, profile, seed=s, dataset=dataset, data_root=data_root, device=device,
                                    rerank_k=k) for s in seeds]
            for m in models for label, k in PROTOCOLS[m].items()}

@@ -7,7 +7,7 @@
 # ---
 
 # %% [markdown]
-# # 07 · Attention explorer
+# # 08 · Attention explorer
 #
 # Type a description (or pick a test caption) and see what each trained model retrieves from the
 # SynthPedes test gallery, true matches of a test caption in green; then pick a word or phrase and
