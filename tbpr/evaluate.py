@@ -162,6 +162,14 @@ def _hmr1_hits(row, col, ranks, source: torch.Tensor) -> tuple[float, int]:
 
 
 # --------------------------------------------------------------------------- public API
+def chance_rank1(query_pids, gallery_pids) -> float:
+    """R@1 (%) a random ranking reaches in expectation: per query, the share of the gallery that
+    shows its person, averaged over the queries."""
+    qids, gids = _id_tensors(query_pids, gallery_pids)
+    counts = torch.bincount(gids, minlength=int(max(qids.max(), gids.max())) + 1).double()
+    return float(100 * (counts[qids] / len(gids)).mean())
+
+
 def retrieval_metrics(similarity: Similarity, query_pids, gallery_pids, *, ks=(1, 5, 10),
                       rerank: Rerank | None = None, rerank_k: int = 32, chunk_size: int = 1024,
                       allow_missing: bool = False, source_index=None) -> dict[str, float]:
@@ -345,10 +353,16 @@ def encode_split(model, records, data_cfg, *, device="cpu", batch_size: int = 64
     return concat_features(text_parts), concat_features(image_parts), eval_set
 
 
+def check_rerank_k(rerank_k) -> None:
+    """``rerank_k`` is 0 (no re-ranking) or how many top gallery images to re-rank."""
+    if isinstance(rerank_k, bool) or not isinstance(rerank_k, int) or rerank_k < 0:
+        raise ValueError(f"rerank_k={rerank_k!r}: give 0 (no re-ranking) or the number of top "
+                         "gallery images to re-rank (e.g. 32)")
+
+
 def check_rerank(model, rerank_k: int) -> None:
     """Re-ranking needs a model that re-scores a top-k (``model.reranks``, e.g. CADA-L)."""
-    if rerank_k < 0:
-        raise ValueError(f"rerank_k={rerank_k}: give 0 (no re-ranking) or the top-k to re-rank")
+    check_rerank_k(rerank_k)
     if rerank_k > 0 and not getattr(model, "reranks", False):  # any object with the model protocol
         raise ValueError(f"rerank_k={rerank_k} but model {type(model).__name__} does not re-rank; "
                          "use rerank_k=0")

@@ -29,7 +29,7 @@ from .config import config_hash, to_dict
 from .data.datasets import build_train_loader
 from .data.formats import load
 from .engine import SELECTED_FILE, distributed_env, fit, load_checkpoint, read_checkpoint, seed_everything
-from .evaluate import evaluate
+from .evaluate import check_rerank_k, evaluate
 from .papers import get_config, model_class, recipe
 from .synthpedes import ensure
 
@@ -202,14 +202,14 @@ def run(model: str, profile: str = "quick", overrides: dict | None = None, *,
     ``rerank_k=32`` after ``rerank_k=0``) reuses the trained checkpoint. ``cache_only`` returns
     None instead of training when the trained checkpoint is not cached.
     """
+    check_rerank_k(rerank_k)
     cfg, spec, key = run_spec(model, profile, overrides, dataset, data_root, seed, device)
-    root = spec["data_root"]
     if not cache:  # train from scratch in a folder of its own; the cached run stays as it was
         run_dir = cache_dir() / "experiments" / "uncached" / f"{key}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-        return _train_and_evaluate(model, cfg, spec, key, run_dir, root, dataset, seed, device, rerank_k,
+        return _train_and_evaluate(model, cfg, spec, key, run_dir, dataset, seed, device, rerank_k,
                                    progress, trained=None)
     run_dir = cache_dir() / "experiments" / key
-    result_path = run_dir / (f"result-rerank{rerank_k}.json" if rerank_k else "result.json")
+    result_path = _result_file(run_dir, rerank_k)
     done = Result.read(result_path)
     if done is not None:
         return done
@@ -219,17 +219,19 @@ def run(model: str, profile: str = "quick", overrides: dict | None = None, *,
         done = Result.read(result_path)
         if done is not None:
             return done
-        return _train_and_evaluate(model, cfg, spec, key, run_dir, root, dataset, seed, device, rerank_k,
+        return _train_and_evaluate(model, cfg, spec, key, run_dir, dataset, seed, device, rerank_k,
                                    progress, trained=read_json(run_dir / "trained.json"))
 
 
-def _train_and_evaluate(model, cfg, spec, key, run_dir: Path, root, dataset, seed, device, rerank_k,
+def _result_file(run_dir: Path, rerank_k: int) -> Path:
+    return run_dir / (f"result-rerank{rerank_k}.json" if rerank_k else "result.json")
+
+
+def _train_and_evaluate(model, cfg, spec, key, run_dir: Path, dataset, seed, device, rerank_k,
                         progress, trained: dict | None) -> Result:
     """Train (unless ``trained`` holds the record of a finished training in ``run_dir``), evaluate,
     and save the result in ``run_dir``."""
-    check_rerank_k(rerank_k)
-    records = load_records(dataset, root)
-    result_path = run_dir / (f"result-rerank{rerank_k}.json" if rerank_k else "result.json")
+    records = load_records(dataset, spec["data_root"])
     if trained is not None:
         try:
             net = Result(key, spec, {}, [], 0.0, 0.0, str(run_dir)).load_model(device)
@@ -251,14 +253,8 @@ def _train_and_evaluate(model, cfg, spec, key, run_dir: Path, root, dataset, see
     result = Result(key=key, spec={**spec, "rerank_k": rerank_k}, metrics=metrics,
                     history=trained["history"], train_seconds=trained["train_seconds"],
                     eval_seconds=time.perf_counter() - start, run_dir=str(run_dir))
-    result.save(result_path)
+    result.save(_result_file(run_dir, rerank_k))
     return result
-
-
-def check_rerank_k(rerank_k) -> None:
-    if isinstance(rerank_k, bool) or not isinstance(rerank_k, int) or rerank_k < 0:
-        raise ValueError(f"rerank_k={rerank_k!r}: give 0 (no re-ranking) or the number of top "
-                         "gallery images to re-rank (e.g. 32)")
 
 
 def default_workers(device: str = "cpu") -> int:

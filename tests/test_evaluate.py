@@ -221,3 +221,10 @@ def test_bad_options():
         retrieval_metrics(np.zeros((1, 2)), [1], [1, 2], source_index=[1])
     with pytest.raises(TypeError, match="similarity must be a torch tensor or numpy array"):
         retrieval_metrics([[0.0, 1.0]], [1], [1, 2])
+
+
+def test_chance_rank1_is_the_mean_share_of_the_gallery_showing_each_querys_person():
+    from tbpr.evaluate import chance_rank1
+    queries, gallery = [3, 1, 3, 7], [1, 3, 3, 7, 7, 9]
+    brute = 100 * sum(sum(g == q for g in gallery) / len(gallery) for q in queries) / len(queries)
+    assert chance_rank1(queries, gallery) == pytest.approx(brute)

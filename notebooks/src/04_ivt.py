@@ -52,7 +52,7 @@ from IPython.display import Markdown, display
 
 from tbpr import experiments
 from tbpr.data.datasets import EvalSet, load_eval_images
-from tbpr.evaluate import encode_split
+from tbpr.evaluate import chance_rank1, encode_split
 from tbpr.papers import ablation_rows, count_parameters, create_model, get_config, paper_numbers
 from tbpr.papers.ivt.model import attribute_phrases, phrase_level_text, word_level_text
 from tbpr.synthpedes import load_ground_truth, region_mask
@@ -181,7 +181,7 @@ def metric_frame(labels, metrics=("R1", "R5", "R10", "mAP", "mINP")):
 
 
 test_set = EvalSet(records["test"])
-chance_r1 = 100 * float(np.mean([(test_set.image_pids == p).float().mean() for p in test_set.caption_pids]))
+chance_r1 = chance_rank1(test_set.caption_pids, test_set.image_pids)
 display(metric_frame([BASE, FULL]))
 print(f"chance R@1 ≈ {chance_r1:.2f} % ({len(test_set.captions)} queries, {len(test_set.image_paths)} gallery images)")
 

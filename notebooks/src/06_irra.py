@@ -46,7 +46,8 @@ import pandas as pd
 import torch
 
 from tbpr import experiments
-from tbpr.data.datasets import load_eval_images
+from tbpr.data.datasets import EvalSet, load_eval_images
+from tbpr.evaluate import chance_rank1
 from tbpr.papers import ablation_rows, count_parameters, create_model, get_config, paper_numbers, parameter_table, recipe
 from tbpr.viz import ablation_table, overlay_heatmap, plot_history, save_figure, save_table, versus_chance
 from tbpr.viz.figures import to_display_image
@@ -97,9 +98,8 @@ first = list(ROWS)[0]
 delta = means[full_label]["R1"] - means[first]["R1"]
 print(f"IRRA (SDM + IRR + ID) vs ITC: {delta:+.2f} R1 at {profile} (the paper: +5.19 on CUHK-PEDES)")
 records = experiments.load_records(dataset, experiments.resolve_data_root(dataset, data_root, profile))
-test_images = records["test"]
-chance_r1 = 100 * sum(1 / len(test_images) * sum(r.pid == q.pid for r in test_images)
-                      for q in test_images for _ in q.captions) / sum(len(q.captions) for q in test_images)
+test_set = EvalSet(records["test"])
+chance_r1 = chance_rank1(test_set.caption_pids, test_set.image_pids)
 print(f"IRRA R1 {means[full_label]['R1']:.2f}: "
       + versus_chance(means[full_label]["R1"], chance_r1, full[0].metrics["num_queries"]))
 

@@ -37,6 +37,7 @@ class TBPRModel(nn.Module):
     name: str = "base"
     data_fields: tuple[str, ...] = ()  # constructor arguments derived from the training data
     reranks: bool = False  # True where ``rerank`` re-scores a first-stage top-k
+    bias_weight_decay: float | None = None  # a weight decay of the biases' own (IRRA's solver: 0)
 
     def __init__(self, cfg):
         super().__init__()
@@ -62,15 +63,21 @@ class TBPRModel(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} does not re-rank; evaluate with rerank_k=0")
 
     def param_groups(self) -> list[dict]:
-        """Groups by ``cfg.train.lr_mult`` (parameter-name prefix -> multiplier); the rest at 1×."""
+        """Groups by ``cfg.train.lr_mult`` (parameter-name prefix -> multiplier; the rest at 1×);
+        biases further at ``cfg.bias_lr_factor``× where the config has that field (IVT's and IRRA's
+        official solvers), and with their own weight decay where ``bias_weight_decay`` is set."""
         mults = dict(getattr(self.cfg.train, "lr_mult", {}) or {})
-        groups: dict[float, list] = {}
+        bias_factor = getattr(self.cfg, "bias_lr_factor", 1.0)
+        groups: dict[tuple[float, bool], list] = {}
         for name, p in self.named_parameters():
             if not p.requires_grad:
                 continue
             mult = next((m for prefix, m in mults.items() if name.startswith(prefix)), 1.0)
-            groups.setdefault(float(mult), []).append(p)
-        return [{"params": ps, "lr_mult": m} for m, ps in groups.items()]
+            bias = name.endswith("bias")
+            key = (float(mult * (bias_factor if bias else 1.0)), bias and self.bias_weight_decay is not None)
+            groups.setdefault(key, []).append(p)
+        return [{"params": ps, "lr_mult": m, **({"weight_decay": self.bias_weight_decay} if own_decay else {})}
+                for (m, own_decay), ps in groups.items()]
 
     def extra_state(self) -> dict:
         """The ``data_fields`` as JSON, saved beside the weights and passed back to the constructor

@@ -226,6 +226,7 @@ class CrossModalEncoder(nn.Module):
 
 class IRRA(TBPRModel):
     name = "irra"
+    bias_weight_decay = 0.0  # official solver: biases at bias_lr_factor× the lr, without weight decay
 
     def __init__(self, cfg: IRRAConfig):
         super().__init__(cfg)
@@ -302,16 +303,3 @@ class IRRA(TBPRModel):
             logits, _ = self.predict_masked(masked, image_tokens, positions=chosen)
             parts["mlm"] = cfg.mlm_weight * mlm_loss(logits, labels[chosen])
         return {"loss": sum(parts.values()), **parts}
-
-    def param_groups(self) -> list[dict]:
-        """``train.lr_mult`` by name prefix (modules not from CLIP at 5×), biases at
-        ``bias_lr_factor``× without weight decay (official solver)."""
-        mults = dict(self.cfg.train.lr_mult or {})
-        groups: dict[tuple[float, bool], list] = {}
-        for name, p in self.named_parameters():
-            if p.requires_grad:
-                mult = next((m for prefix, m in mults.items() if name.startswith(prefix)), 1.0)
-                bias = name.endswith("bias")
-                groups.setdefault((mult * (self.cfg.bias_lr_factor if bias else 1.0), bias), []).append(p)
-        return [{"params": ps, "lr_mult": m, **({"weight_decay": 0.0} if bias else {})}
-                for (m, bias), ps in groups.items()]

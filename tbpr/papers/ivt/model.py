@@ -404,18 +404,6 @@ class IVT(TBPRModel):
             loss = cmpm_loss(f_img.float(), f_txt.float(), pids, q_norm=self.cfg.cmpm_q_norm)  # Eq. (7)
         return {"loss": loss, "cmpm": loss.detach()}
 
-    def param_groups(self) -> list[dict]:
-        """``train.lr_mult`` prefixes as in the base class, and biases at ``bias_lr_factor``× (official
-        code)."""
-        mults = dict(self.cfg.train.lr_mult or {})
-        groups: dict[float, list] = {}
-        for name, p in self.named_parameters():
-            if p.requires_grad:
-                mult = next((m for prefix, m in mults.items() if name.startswith(prefix)), 1.0)
-                mult *= self.cfg.bias_lr_factor if name.endswith("bias") else 1.0
-                groups.setdefault(float(mult), []).append(p)
-        return [{"params": ps, "lr_mult": m} for m, ps in groups.items()]
-
     # -- internals for the figures ----------------------------------------------------------------
     @torch.no_grad()
     def alignment_maps(self, images: torch.Tensor, texts: list[str]) -> torch.Tensor:
