@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 WEIGHTS = Path(__file__).parent / "weights"
 PREFIX = "zoo:"
@@ -52,11 +53,8 @@ def manifest(source: str) -> dict:
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def path(source: str) -> Path:
@@ -81,8 +79,6 @@ def resolve(source):
 def load(source: str, grid: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
     """The member's state dict. With ``grid`` (rows, cols) a ViT's ``pos_embed`` is resized
     bilinearly from the grid it was pre-trained at (manifest ``grid``) to ``grid``."""
-    from safetensors.torch import load_file
-
     state = load_file(str(path(source)))
     own = manifest(source).get("grid")
     if grid is not None and own is not None and tuple(own) != tuple(grid) and "pos_embed" in state:
