@@ -1,5 +1,4 @@
-"""Recipes of the zoo members: ``tbpr pretrain [NAME|all] [--profile smoke]`` re-creates a member
-from the recipe recorded here and writes ``weights/<name>.safetensors`` + its manifest.
+"""Image-only zoo members (kind ``vit-attributes``).
 
 Image-only members play ImageNet's role (the papers' ViT-B/16 / DeiT from ImageNet classification):
 a timm ViT trained to classify the SynthPedes ground-truth attributes of each image (22 heads: gender,
@@ -11,9 +10,6 @@ profile that loads it, and normalised as that profile's data pipeline normalises
 """
 from __future__ import annotations
 
-import argparse
-import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -23,10 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..cache import cache_dir
-from ..data.transforms import decode_image
-from ..synthpedes import ensure, load_ground_truth
-from . import WEIGHTS, sha256
+from ...data.transforms import decode_image
+from ...synthpedes import ensure, load_ground_truth
+from .common import log_step, warmup_cosine
 
 IMAGENET_HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # ViT-B/16 (orig_in21k) normalisation: IVT
 CLIP_NORM = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))  # BLIP: CADA
@@ -44,7 +39,6 @@ MEMBERS = {
         norm=CLIP_NORM, corpus=("pretrain", 0), steps=3000, batch_size=128, lr=1e-3,
         weight_decay=0.05, warmup=200),
 }
-SMOKE = dict(corpus=("pretrain-smoke", 0), steps=4, batch_size=16, warmup=1)
 
 # identity attributes classified, with the condition under which the attribute exists
 ATTRIBUTES = {
@@ -108,17 +102,10 @@ def _augment(x: torch.Tensor, g: torch.Generator, pad: int = 1) -> torch.Tensor:
     return padded[..., dy:dy + h, dx:dx + w]
 
 
-def pretrain(name: str, profile: str = "full", out: Path | None = None, seed: int = 0,
-             progress: bool = True) -> dict:
-    """Train member ``name`` and write ``<out>/<name>.safetensors`` + ``<name>.json``; the manifest."""
-    from safetensors.torch import save_file
+def train_vit_attributes(name: str, recipe: dict, seed: int, progress: bool) -> tuple[dict, dict]:
+    """Train the attribute ViT of ``recipe``; (trunk state dict in timm's layout, manifest fields)."""
     from tqdm.auto import tqdm
 
-    if name not in MEMBERS:
-        raise ValueError(f"unknown zoo member {name!r}; choose one of {sorted(MEMBERS)} or all")
-    recipe = {**MEMBERS[name], **(SMOKE if profile == "smoke" else {})}
-    out = Path(out) if out else (WEIGHTS if profile == "full" else cache_dir() / "zoo-smoke")
-    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     t0 = time.time()
@@ -134,12 +121,9 @@ def pretrain(name: str, profile: str = "full", out: Path | None = None, seed: in
     labels_t = torch.from_numpy(labels)
     model = AttributeViT(arch, heads)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], weight_decay=recipe["weight_decay"])
-    steps, warm = recipe["steps"], recipe["warmup"]
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (
-        1 + math.cos(math.pi * min(s, steps) / steps)))
-    t_train, cpu_train = time.time(), time.process_time()
+    sched = warmup_cosine(opt, recipe["steps"], recipe["warmup"])
     losses, order, pos = [], torch.randperm(len(files), generator=g), 0
-    bar = tqdm(range(steps), desc=f"pretrain {name}", disable=not progress)
+    bar = tqdm(range(recipe["steps"]), desc=f"pretrain {name}", disable=not progress)
     for step in bar:
         if pos + recipe["batch_size"] > len(order):
             order, pos = torch.randperm(len(files), generator=g), 0
@@ -154,47 +138,20 @@ def pretrain(name: str, profile: str = "full", out: Path | None = None, seed: in
         opt.step()
         sched.step()
         losses.append(float(loss.detach()))
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
-        if not progress and (step + 1) % 250 == 0:  # a log line instead of the bar
-            print(f"pretrain {name}: step {step + 1}/{steps} loss {np.mean(losses[-250:]):.3f} "
-                  f"{time.time() - t_train:.0f} s", file=sys.stderr, flush=True)
-    train_seconds, cpu_seconds = time.time() - t_train, time.process_time() - cpu_train
+        log_step(bar, name, step, recipe["steps"], losses, progress)
     model.eval()
     with torch.no_grad():  # training-set accuracy per head on (up to) 2,048 unaugmented images
         idx = torch.arange(min(len(files), 2048))
         x = (images[idx].float() / 255.0 - mean) / std
         acc = {a: float(((lg.argmax(1) == labels_t[idx, j]) | (labels_t[idx, j] < 0)).float().mean())
                for j, (a, lg) in enumerate(zip(heads, model(x)))}
-    state = {k: v.contiguous() for k, v in model.trunk.state_dict().items()}
-    file = out / f"{name}.safetensors"
-    save_file(state, str(file), metadata={"name": name})
     grid = (arch["image_size"][0] // arch["patch_size"], arch["image_size"][1] // arch["patch_size"])
-    meta = {"name": name, "file": file.name, "sha256": sha256(file), "layout": "timm-vit",
-            "role": recipe["role"], "kind": recipe["kind"], "profile": profile, "arch": arch,
-            "grid": list(grid), "norm": {"mean": recipe["norm"][0], "std": recipe["norm"][1]},
+    meta = {"layout": "timm-vit", "arch": arch, "grid": list(grid),
+            "norm": {"mean": recipe["norm"][0], "std": recipe["norm"][1]},
             "corpus": {"synthpedes_profile": corpus_profile, "seed": corpus_seed, "images": len(files)},
-            "recipe": {k: recipe[k] for k in ("steps", "batch_size", "lr", "weight_decay", "warmup")},
-            "seed": seed, "heads": heads, "final_loss": round(float(np.mean(losses[-50:])), 4),
-            "train_accuracy": {a: round(v, 3) for a, v in acc.items()},
-            "train_seconds": round(train_seconds, 1), "train_cpu_seconds": round(cpu_seconds, 1),
-            "threads": torch.get_num_threads(), "wall_seconds": round(time.time() - t0, 1),
-            "torch": torch.__version__, "bytes": file.stat().st_size}
-    (out / f"{name}.json").write_text(json.dumps(meta, indent=1) + "\n")
-    return meta
+            "heads": heads, "final_loss": round(float(np.mean(losses[-50:])), 4),
+            "train_accuracy": {a: round(v, 3) for a, v in acc.items()}}
+    return model.trunk.state_dict(), meta
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="tbpr pretrain", description=__doc__.split("\n\n")[0])
-    ap.add_argument("name", help=f"a zoo member ({', '.join(sorted(MEMBERS))}) or all")
-    ap.add_argument("--profile", default="full", choices=("full", "smoke"),
-                    help="smoke: a few steps on a tiny corpus, written to --out (default: the cache)")
-    ap.add_argument("--out", default=None, help="folder for the weights + manifest")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
-    names = sorted(MEMBERS) if args.name == "all" else [args.name]
-    for name in names:
-        meta = pretrain(name, args.profile, args.out, args.seed, progress=sys.stderr.isatty())
-        print(json.dumps({k: meta[k] for k in ("name", "file", "sha256", "train_seconds", "wall_seconds",
-                                               "final_loss", "bytes")}))
-    return 0
+TRAINERS = {"vit-attributes": train_vit_attributes}
