@@ -113,6 +113,44 @@ def test_decoder_is_the_text_encoder_with_cross_attention():
     assert torch.allclose(silenced, model.text_encoder(enc_ids, att)[0], atol=1e-4)
 
 
+def test_separate_ara_decoder_is_causal_cls_first_with_its_own_weights():
+    """ara.decoder=separate (official code): BLIP's text decoder, its own layers and word embeddings
+    (tied to the MLM head), causal self-attention, the tokenizer's [CLS] first; the encoder keeps the
+    cross-attention ATP needs."""
+    model = tiny(**{"ara.decoder": "separate"}).eval()
+    assert model.text_decoder.causal and not model.text_encoder.causal
+    assert hasattr(model.text_encoder.layers[0], "cross_attn") and hasattr(model.text_decoder.layers[0], "cross_attn")
+    assert model.mlm_head.word_embeddings[0] is model.text_decoder.word is not model.text_encoder.word
+    b = batch(model)
+    ids, att = model.tokenizer.batch(b["captions"], "cpu")
+    V = model.encode_image_tokens(b["images"])
+    d = model.decode_masked(ids, att, V)[0]
+    assert (ids[:, 0] == model.tokenizer.cls_id).all()
+    assert torch.equal(d, model.text_decoder(ids, att, V)[0])
+    changed = ids.clone()
+    changed[:, 5] = model.tokenizer.mask_id  # a later token changes nothing before it
+    d2 = model.decode_masked(changed, att, V)[0]
+    assert torch.allclose(d[:, :5], d2[:, :5], atol=1e-6) and not torch.allclose(d[:, 5:], d2[:, 5:], atol=1e-3)
+    shared = tiny().eval()
+    shared_d = shared.decode_masked(ids, att, V)[0]
+    shared_d2 = shared.decode_masked(changed, att, V)[0]
+    assert not torch.allclose(shared_d[:, :5], shared_d2[:, :5], atol=1e-3)  # the paper's is bidirectional
+
+
+def test_separate_ara_decoder_trains_every_parameter_and_drops_unused_cross_attention():
+    model = tiny(**{"ara.decoder": "separate", "ara.mask_rate": 1.0})
+    out = model.training_step(batch(model))
+    assert set(out) == {"loss", "global", "atp", "ara"}
+    out["loss"].backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0] == []
+    no_atp = tiny(**{"ara.decoder": "separate", "atp.enabled": False})  # Table IV row 2, the code's way
+    assert not hasattr(no_atp.text_encoder.layers[0], "cross_attn")
+    assert set(no_atp.training_step(batch(no_atp))) == {"loss", "global", "ara"}
+    assert not hasattr(tiny(**{"ara.decoder": "separate", "ara.enabled": False}), "text_decoder")
+    with pytest.raises(ValueError, match="ara.decoder"):
+        tiny(**{"ara.decoder": "own"})
+
+
 # ----------------------------------------------------------------------------- hard negatives, masking
 def test_hard_negatives_are_the_most_similar_other_identity():
     model = tiny()
@@ -350,8 +388,17 @@ def test_paper_profile_parameter_count_on_meta_device():
         3 * (768 * 768 + 768) + (768 * 768 + 768) + 2 * 768  # SA + its LN
         + 4 * (768 * 768 + 768) + 2 * 768  # CA (keys/values from the 768-d ViT) + its LN
         + 768 * 3072 + 3072 + 3072 * 768 + 768 + 2 * 768)  # FFN + its LN
-    assert count_parameters(model) == 224_076_608  # the spec's "≈225M"
+    assert count_parameters(model) == 224_076_608  # the paper's "≈225M"
     assert sum(p.numel() for p in model.parameters() if p.is_meta) == count_parameters(model)
+
+
+def test_official_profile_parameter_count_is_the_codes_with_its_separate_decoder():
+    paper = parameter_table(create_model("cada", "paper", device="meta"))
+    model = create_model("cada", "official", device="meta")
+    table = parameter_table(model)
+    assert table["text_decoder"] == table["text_encoder"] == paper["text_encoder"]  # BERT-base with CA
+    assert table["mlm_head"] == paper["mlm_head"] == 768 * 768 + 768 + 2 * 768 + 30524
+    assert count_parameters(model) == 361_335_104  # the official code's ~361 M
 
 
 
@@ -381,8 +428,9 @@ def test_words_tokenizer_without_vocab_uses_every_whole_wordpiece_word():
         cada_mod.CaptionTokenizer("words", text_len=16, max_words=14)
 
 
-def test_blip_checkpoint_names_load_into_the_model(tmp_path):
-    model = tiny(**{"pretrained": None})
+@pytest.mark.parametrize("decoder", ["shared", "separate"])
+def test_blip_checkpoint_names_load_into_the_model(tmp_path, decoder):
+    model = tiny(**{"pretrained": None, "ara.decoder": decoder})
     ours_to_blip = [  # BLIP model_base.pth naming of each of our tensors (the inverse of load_blip's table)
         (r"^text_encoder\.word\.", "text_encoder.embeddings.word_embeddings."),
         (r"^text_encoder\.position\.", "text_encoder.embeddings.position_embeddings."),
@@ -405,15 +453,20 @@ def test_blip_checkpoint_names_load_into_the_model(tmp_path):
     for key, value in model.state_dict().items():
         if key.startswith("itm_local_head"):
             continue  # not in BLIP: stays random
+        # the separate decoder is named as BLIP's text_decoder.bert, renamed as the encoder's BERT
+        prefix = "text_decoder.bert." if key.startswith("text_decoder.") else "text_encoder."
+        key = re.sub(r"^text_decoder\.", "text_encoder.", key)
         for pattern, repl in ours_to_blip:
             if re.search(pattern, key):
                 key = re.sub(pattern, repl, key)
                 break
-        blip[key] = value.clone()
+        blip[re.sub(r"^text_encoder\.", prefix, key) if key.startswith("text_encoder.") else key] = value.clone()
     blip["visual_encoder_m.cls_token"] = torch.zeros(1)  # momentum encoder: dropped
+    blip.setdefault("text_decoder.bert.embeddings.LayerNorm.bias", torch.zeros(1))  # the shared model drops it
     torch.save({"model": blip}, tmp_path / "model_base.pth")
     torch.manual_seed(123)
-    loaded = create_model("cada", "smoke", vocab=WORDS, pretrained=str(tmp_path / "model_base.pth"))
+    loaded = create_model("cada", "smoke", vocab=WORDS, pretrained=str(tmp_path / "model_base.pth"),
+                          **{"ara.decoder": decoder})
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value) != (key == "itm_local_head.weight"), key
     with pytest.raises(FileNotFoundError, match="pretrained"):

@@ -1,5 +1,6 @@
 """CADA end to end at the smoke size: train through the engine on SynthPedes, reload the checkpoint,
 get the same global (CADA-G) and re-ranked (CADA-L) metrics."""
+import pytest
 import torch
 
 from tbpr import experiments
@@ -7,8 +8,9 @@ from tbpr.engine import load_checkpoint
 from tbpr.evaluate import evaluate
 
 
-def test_saved_checkpoint_reloads_to_the_same_metrics(smoke_root, tmp_path):
-    overrides = {"train.epochs": 1}
+@pytest.mark.parametrize("decoder", ["shared", "separate"])  # separate: the official code's ARA decoder
+def test_saved_checkpoint_reloads_to_the_same_metrics(smoke_root, tmp_path, decoder):
+    overrides = {"train.epochs": 1, "ara.decoder": decoder}
     result = experiments.run("cada", "smoke", overrides, data_root=smoke_root, progress=False, rerank_k=4)
     assert set(result.history[-1]) >= {"loss", "global", "atp", "ara"}
     reloaded = result.load_model()

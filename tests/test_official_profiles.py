@@ -182,7 +182,7 @@ def test_official_differs_from_paper_only_where_a_reason_is_recorded(name):
 
 def test_official_profiles_hold_the_codes_values():
     assert {f: b for f, a, b, _ in profile_diff("cada", "paper", "official")} == {
-        "ndf_variant": "official", "ara.mask_mode": "word", "atp.hardneg_sim": "dot",
+        "ndf_variant": "official", "ara.mask_mode": "word", "ara.decoder": "separate", "atp.hardneg_sim": "dot",
         "train.epochs": 30, "data.batch_size": 120}
     assert {f: b for f, a, b, _ in profile_diff("ivt", "paper", "official")} == {
         "patch_stride": 12, "mask_ratio": 0.2, "cmpm_q_norm": "l2"}

@@ -9,6 +9,10 @@ layer (text tokens = queries, image tokens = keys/values). The decoder learns tw
 * ARA (image regions -> text attributes): adjective/noun attribute phrases are masked as whole
   phrases (rate r) and predicted from the image by a weight-tied MLM head (Masked Attribute Modeling).
 
+The official code decodes ARA with a separate BLIP text decoder instead (causal self-attention, its own
+weights, [CLS] first; 361 M parameters against the paper's 225 M): ``ara.decoder=separate``, the
+``official`` profile.
+
 Inference: CADA-G ranks the gallery by the global cosine; CADA-L re-scores each query's top-k gallery
 images with the decoder's [ENC] match logit and adds it (``rerank``).
 
@@ -85,6 +89,9 @@ class ARAConfig:
     weight: float = 0.1  # lambda of Eq. (8)
     mask_mode: str = "phrase"  # phrase (paper) | word (the code's JJ/NN word masking, rate word_rate)
     word_rate: float = 0.4
+    # shared (paper: the text encoder decodes, [ENC] first) | separate (official code: BLIP's text decoder,
+    # its own BERT layers with causal self-attention, cross-attention and a tied LM head, [CLS] first)
+    decoder: str = "shared"
 
 
 def _paper_train() -> TrainConfig:
@@ -316,10 +323,13 @@ class BertLayer(nn.Module):
 
 
 class TextTransformer(nn.Module):
-    """BLIP's MED BERT: the text encoder without ``image_tokens``, the cross-modal decoder with them."""
+    """BLIP's MED BERT: the text encoder without ``image_tokens``, the cross-modal decoder with them.
+    ``causal``: each token attends to itself and the tokens before it only (BLIP's text decoder, which
+    the official code's ARA runs with ``is_decoder=True``)."""
 
-    def __init__(self, cfg: TextConfig, image_width: int, cross_attention: bool = True):
+    def __init__(self, cfg: TextConfig, image_width: int, cross_attention: bool = True, causal: bool = False):
         super().__init__()
+        self.causal = causal
         self.word = nn.Embedding(cfg.vocab_size, cfg.width)
         self.position = nn.Embedding(cfg.max_positions, cfg.width)
         self.norm = nn.LayerNorm(cfg.width, eps=1e-12)
@@ -333,6 +343,9 @@ class TextTransformer(nn.Module):
         pos = torch.arange(ids.shape[1], device=ids.device)
         x = self.drop(self.norm(self.word(ids) + self.position(pos)))
         pad_bias = ((1.0 - attention_mask[:, None, None, :].to(x.dtype)) * -10000.0)  # mask padded keys
+        if self.causal:  # and the keys after each query, as BERT's extended mask does (-10000, not -inf)
+            future = torch.ones(len(pos), len(pos), dtype=torch.bool, device=ids.device).triu(1)
+            pad_bias = pad_bias + future.to(x.dtype) * -10000.0
         maps = []
         for layer in self.layers:
             x, probs = layer(x, pad_bias, image_tokens, return_probs)
@@ -383,17 +396,22 @@ class CADA(TBPRModel):
         if t.vocab_size < len(SPECIALS):
             raise ValueError(f"text.vocab_size is {t.vocab_size}; it must hold the {len(SPECIALS)} special "
                              "tokens and the words (0 sizes it from the vocabulary)")
+        if cfg.ara.decoder not in ("shared", "separate"):
+            raise ValueError(f"ara.decoder must be 'shared' (paper) or 'separate' (official code), "
+                             f"got {cfg.ara.decoder!r}")
         self.visual_encoder = VisionTransformer(cfg.vision, cfg.data.image_size)
         # the text encoder is also the decoder [Sec. III-B]; its CA sub-layers exist only if ATP or ARA
-        # uses them
-        self.text_encoder = TextTransformer(t, cfg.vision.width, cross_attention=self.has_decoder)
+        # decodes with it
+        self.text_encoder = TextTransformer(t, cfg.vision.width, cross_attention=self.encoder_decodes)
         self.vision_proj = nn.Linear(cfg.vision.width, cfg.embed_dim)  # W_v
         self.text_proj = nn.Linear(t.width, cfg.embed_dim)  # W_t
         if cfg.atp.enabled:
             self.itm_head = nn.Linear(t.width, 2)  # W_cls, the [ENC] group (Eq. 4)
             self.itm_local_head = nn.Linear(t.width, 2)  # W_loc, shared by the token groups (Eq. 4)
-        if cfg.ara.enabled:
-            self.mlm_head = MLMHead(t.width, self.text_encoder.word)  # phi (Eq. 6)
+        if self.separate_ara_decoder:  # the official code's text_decoder (BertMLMLMHeadModel)
+            self.text_decoder = TextTransformer(t, cfg.vision.width, cross_attention=True, causal=True)
+        if cfg.ara.enabled:  # phi (Eq. 6), tied to the word embeddings of the ARA decoder
+            self.mlm_head = MLMHead(t.width, self.ara_decoder.word)
         self.apply(partial(self._init_weights, std=cfg.init_std))
         self._tokenizer = None
         if cfg.pretrained and not building_on_meta():
@@ -412,6 +430,19 @@ class CADA(TBPRModel):
     @property
     def has_decoder(self) -> bool:
         return self.cfg.atp.enabled or self.cfg.ara.enabled
+
+    @property
+    def separate_ara_decoder(self) -> bool:
+        return self.cfg.ara.enabled and self.cfg.ara.decoder == "separate"
+
+    @property
+    def encoder_decodes(self) -> bool:
+        """Whether the text encoder needs cross-attention: ATP, or ARA on the shared decoder."""
+        return self.cfg.atp.enabled or (self.cfg.ara.enabled and not self.separate_ara_decoder)
+
+    @property
+    def ara_decoder(self) -> TextTransformer:
+        return self.text_decoder if self.separate_ara_decoder else self.text_encoder
 
     def extra_state(self) -> dict:
         return {"vocab": self.vocab} if self.vocab is not None else {}
@@ -439,6 +470,13 @@ class CADA(TBPRModel):
         ids = ids.clone()
         ids[:, 0] = self.tokenizer.enc_id
         return self.text_encoder(ids, attention_mask, image_tokens, return_probs)
+
+    def decode_masked(self, ids, attention_mask, image_tokens, return_probs=False):
+        """ARA's decoder pass: the shared decoder ([ENC] first), or the separate causal decoder with
+        the tokenizer's [CLS] first, as the official code feeds it (``models/cada.py`` ``ara_loss``)."""
+        if not self.separate_ara_decoder:
+            return self.decode(ids, attention_mask, image_tokens, return_probs)
+        return self.text_decoder(ids, attention_mask, image_tokens, return_probs)
 
     def global_features(self, image_tokens, ids, attention_mask):
         f_v = self.vision_proj(image_tokens[:, 0])  # f^v = W_v v_cls (Sec. 2.4)
@@ -508,7 +546,7 @@ class CADA(TBPRModel):
             loss = loss + out["atp"]
         if cfg.ara.enabled:  # Eqs. (6)-(7), positive pairs only
             masked_ids, masked = self.mask_attributes(captions, ids)
-            d, _ = self.decode(masked_ids, att, V)
+            d, _ = self.decode_masked(masked_ids, att, V)
             out["ara"] = mam_loss(self.mlm_head(d[masked]), ids[masked], cfg.text.vocab_size)
             loss = loss + cfg.ara.weight * out["ara"]  # Eq. (8)
         out["loss"] = loss
@@ -557,9 +595,11 @@ class CADA(TBPRModel):
     @torch.no_grad()
     def word_patch_attention(self, images, captions, layers=None) -> torch.Tensor:
         """Fig. 5: decoder CA maps A[j, 1:] averaged over heads and ``layers`` (default all),
-        renormalised, on the patch grid -> [B, T, gh, gw] for every token position j."""
+        renormalised, on the patch grid -> [B, T, gh, gw] for every token position j. The ATP decoder
+        (the text encoder) where it has cross-attention, else the separate ARA decoder."""
         ids, att = self.tokenizer.batch(captions, self.device)
-        _, maps = self.decode(ids, att, self.encode_image_tokens(images), return_probs=True)
+        decode = self.decode if self.encoder_decodes else self.decode_masked
+        _, maps = decode(ids, att, self.encode_image_tokens(images), return_probs=True)
         chosen = range(len(maps)) if layers is None else layers
         a = torch.stack([maps[i] for i in chosen]).mean((0, 2))[..., 1:]  # drop the image [CLS] column
         a = a / a.sum(-1, keepdim=True)
@@ -573,7 +613,8 @@ class CADA(TBPRModel):
         masked = torch.zeros_like(ids, dtype=torch.bool)
         for b, pos in enumerate(positions):
             masked[b, pos] = True
-        d, _ = self.decode(ids.masked_fill(masked, self.tokenizer.mask_id), att, self.encode_image_tokens(images))
+        d, _ = self.decode_masked(ids.masked_fill(masked, self.tokenizer.mask_id), att,
+                                  self.encode_image_tokens(images))
         probs = self.mlm_head(d).softmax(-1)
         out = []
         for b, pos in enumerate(positions):
@@ -584,34 +625,43 @@ class CADA(TBPRModel):
 
 
 # ----------------------------------------------------------------------------- BLIP weights
-_BLIP_NAMES = [  # (regex on a BLIP model_base.pth key, our name)
-    (r"^text_encoder\.embeddings\.word_embeddings\.", "text_encoder.word."),
-    (r"^text_encoder\.embeddings\.position_embeddings\.", "text_encoder.position."),
-    (r"^text_encoder\.embeddings\.LayerNorm\.", "text_encoder.norm."),
-    (r"^text_encoder\.encoder\.layer\.(\d+)\.attention\.self\.", r"text_encoder.layers.\1.self_attn."),
-    (r"^text_encoder\.encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"text_encoder.layers.\1.self_attn.out."),
-    (r"^text_encoder\.encoder\.layer\.(\d+)\.attention\.output\.LayerNorm\.", r"text_encoder.layers.\1.self_norm."),
-    (r"^text_encoder\.encoder\.layer\.(\d+)\.crossattention\.self\.", r"text_encoder.layers.\1.cross_attn."),
-    (r"^text_encoder\.encoder\.layer\.(\d+)\.crossattention\.output\.dense\.", r"text_encoder.layers.\1.cross_attn.out."),
-    (r"^text_encoder\.encoder\.layer\.(\d+)\.crossattention\.output\.LayerNorm\.", r"text_encoder.layers.\1.cross_norm."),
-    (r"^text_encoder\.encoder\.layer\.(\d+)\.intermediate\.dense\.", r"text_encoder.layers.\1.fc1."),
-    (r"^text_encoder\.encoder\.layer\.(\d+)\.output\.dense\.", r"text_encoder.layers.\1.fc2."),
-    (r"^text_encoder\.encoder\.layer\.(\d+)\.output\.LayerNorm\.", r"text_encoder.layers.\1.ffn_norm."),
+_BERT_NAMES = [  # (regex on a MED BERT key after its prefix, our name after it)
+    (r"embeddings\.word_embeddings\.", "word."),
+    (r"embeddings\.position_embeddings\.", "position."),
+    (r"embeddings\.LayerNorm\.", "norm."),
+    (r"encoder\.layer\.(\d+)\.attention\.self\.", r"layers.\1.self_attn."),
+    (r"encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"layers.\1.self_attn.out."),
+    (r"encoder\.layer\.(\d+)\.attention\.output\.LayerNorm\.", r"layers.\1.self_norm."),
+    (r"encoder\.layer\.(\d+)\.crossattention\.self\.", r"layers.\1.cross_attn."),
+    (r"encoder\.layer\.(\d+)\.crossattention\.output\.dense\.", r"layers.\1.cross_attn.out."),
+    (r"encoder\.layer\.(\d+)\.crossattention\.output\.LayerNorm\.", r"layers.\1.cross_norm."),
+    (r"encoder\.layer\.(\d+)\.intermediate\.dense\.", r"layers.\1.fc1."),
+    (r"encoder\.layer\.(\d+)\.output\.dense\.", r"layers.\1.fc2."),
+    (r"encoder\.layer\.(\d+)\.output\.LayerNorm\.", r"layers.\1.ffn_norm."),
+]
+# BLIP's (and the official CADA's) text encoder, its text decoder's BERT (``text_decoder.bert``, our
+# separate ARA decoder) and the decoder's LM head (our MLM head phi)
+_BLIP_NAMES = [(rf"^{src}\.{pattern}", f"{dst}.{repl}")
+               for src, dst in (("text_encoder", "text_encoder"), (r"text_decoder\.bert", "text_decoder"))
+               for pattern, repl in _BERT_NAMES] + [
     (r"^text_decoder\.cls\.predictions\.transform\.dense\.", "mlm_head.dense."),
     (r"^text_decoder\.cls\.predictions\.transform\.LayerNorm\.", "mlm_head.norm."),
     (r"^text_decoder\.cls\.predictions\.bias$", "mlm_head.bias"),
-    (r"^(visual_encoder|vision_proj|text_proj|itm_head)\.", r"\1."),
+    (r"^(visual_encoder|vision_proj|text_proj|itm_head|itm_local_head)\.", r"\1."),
 ]
 
 
-def blip_to_cada_names(blip_state: dict) -> dict:
+def blip_to_cada_names(blip_state: dict, separate_decoder: bool = False) -> dict:
     """Rename the BLIP checkpoint entries CADA uses (Sec. IV-B, official code); everything else
-    (momentum encoders, queues, the caption decoder) is dropped."""
+    (momentum encoders, queues, position ids, the LM head's tied copies) is dropped, and so is the text
+    decoder's BERT unless ``separate_decoder`` (the official code's separate ARA decoder)."""
     out = {}
     for key, value in blip_state.items():
         for pattern, repl in _BLIP_NAMES:
             if re.search(pattern, key):
-                out[re.sub(pattern, repl, key)] = value
+                ours = re.sub(pattern, repl, key)
+                if separate_decoder or not ours.startswith("text_decoder."):
+                    out[ours] = value
                 break
     return out
 
@@ -629,7 +679,7 @@ def load_blip(model: CADA, path: str) -> None:
                                     "downloads); set pretrained to its local path, or pretrained=null "
                                     "for random initialisation")
         state = torch.load(path, map_location="cpu", weights_only=True)
-        state = blip_to_cada_names(state.get("model", state))
+        state = blip_to_cada_names(state.get("model", state), model.separate_ara_decoder)
     pos = state.get("visual_encoder.pos_embed")
     grid = model.visual_encoder.grid
     if pos is not None and pos.shape[1] != 1 + grid[0] * grid[1]:
