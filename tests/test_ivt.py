@@ -1,6 +1,8 @@
 """IVT: parameter count, shapes, losses against the paper's formulas, the ablation switches,
 MLA texts, BMM token dropping, ViT/BERT initialisation and the pre-training stage."""
+import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -199,6 +201,46 @@ def test_word_level_text_is_a_random_nonempty_subset_of_attribute_chunks(monkeyp
         assert 1 <= len(parts) == len(set(parts)) and set(parts) <= set(chunks)
         seen.add(len(parts))
     assert seen == {1, 2, 3}
+
+
+def _write_word_dictionary(path, entries):
+    """A file in the official code's format (cuhk_pedes_att.json): one item per caption."""
+    items = [{"captions": c, "att": att, "id": i, "file_path": f"{i}.jpg", "processed_tokens": []}
+             for i, (c, att) in enumerate(entries.items())]
+    path.write_text(json.dumps({"train": items, "val": [], "test": []}))
+    return str(path)
+
+
+def test_word_dictionary_gives_subsets_of_the_captions_attributes_as_the_code(tmp_path):
+    """word_level=dictionary (official): 1..all of the caption's dictionary entries, in random order;
+    a caption with no entries takes a phrase-level clause, as datasets/bases.py does."""
+    b = batch(tiny(), n=4)
+    captions = list(dict.fromkeys(b["captions"]))
+    entries = {c: {"upper": f"{c.split()[4]} shirt", "lower": "blue jeans", "bag": "black backpack"}
+               for c in captions[:-1]}
+    entries[captions[-1].upper()] = {}  # looked up as the readers clean captions, lower-cased
+    path = _write_word_dictionary(tmp_path / "cuhk_pedes_att.json", entries)
+    model = tiny(word_level="dictionary", word_dictionary=path)
+    with pytest.raises(ValueError, match="no word dictionary attached"):
+        model.training_step(b)
+    records = [SimpleNamespace(captions=captions)]
+    recipe("ivt").attach_training_data(model, records)
+    torch.manual_seed(0)
+    seen = set()
+    for _ in range(100):
+        parts = word_level_text(captions[0], "dictionary", model.word_dictionary).split(", ")
+        assert 1 <= len(parts) == len(set(parts)) and set(parts) <= set(entries[captions[0]].values())
+        seen.add(len(parts))
+    assert seen == {1, 2, 3}
+    assert word_level_text(captions[-1], "dictionary", model.word_dictionary) in phrase_candidates(captions[-1])
+    assert torch.isfinite(model.training_step(b)["loss"])
+    with pytest.raises(ValueError, match="lacks 1 of the training captions"):
+        recipe("ivt").attach_training_data(model, [SimpleNamespace(captions=["a woman in a long coat"])])
+    with pytest.raises(FileNotFoundError, match="word_dictionary='missing.json' not found.*word_level=nltk"):
+        recipe("ivt").attach_training_data(tiny(word_level="dictionary", word_dictionary="missing.json"), records)
+    plain = tiny()
+    recipe("ivt").attach_training_data(plain, records)
+    assert plain.word_dictionary is None  # word_level=nltk reads nothing
 
 
 def test_attribute_chunks_are_adjective_noun_runs_without_person_words():

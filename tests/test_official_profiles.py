@@ -185,7 +185,8 @@ def test_official_profiles_hold_the_codes_values():
         "ndf_variant": "official", "ara.mask_mode": "word", "ara.decoder": "separate", "atp.hardneg_sim": "dot",
         "train.epochs": 30, "data.batch_size": 120}
     assert {f: b for f, a, b, _ in profile_diff("ivt", "paper", "official")} == {
-        "patch_stride": 12, "mask_ratio": 0.2, "cmpm_q_norm": "l2"}
+        "patch_stride": 12, "mask_ratio": 0.2, "cmpm_q_norm": "l2", "word_level": "dictionary",
+        "word_dictionary": "cuhk_pedes_att.json"}
     assert {f: b for f, a, b, _ in profile_diff("lgur", "paper", "official")} == {"text_dropout_from_epoch": 2}
 
 
@@ -198,7 +199,7 @@ def test_official_profile_builds_on_the_meta_device(name):
 def test_cli_diff_prints_every_field_with_its_reason(capsys):
     cli.main(["diff", "ivt", "paper", "official"])
     out = capsys.readouterr().out.strip().splitlines()
-    assert len(out) == 3 and all("->" in line and "# " in line and ".py:" in line for line in out)
+    assert len(out) == 5 and all("->" in line and "# " in line and ".py:" in line for line in out)
 
 
 def test_lgur_official_turns_the_frozen_berts_dropout_on_from_epoch_2():

@@ -22,6 +22,7 @@ and the model starts from its encoder weights.
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from torch import nn
 from safetensors.torch import load_file
 
 from ...config import DataConfig, ModelConfig, TrainConfig, apply_overrides
+from ...data.formats import clean_caption
 from ...data.text import bert_tokenizer, chunk
 from ... import zoo
 from ...losses import cmpm_loss, itc_loss, itm_loss, mam_loss
@@ -90,8 +92,11 @@ class IVTConfig(ModelConfig):
     bmm: bool = True
     mask_ratio: float = 0.3  # r of BMM (Fig. 5 best)
     bmm_count: str = "uniform"  # k ~ U{0..⌊rN⌋} (official code) | "fixed" k = ⌊rN⌋
-    # "nltk" adjective/noun chunks (Sec. 3.3) | "clause" random clauses (official code, ICFG/RSTPReid)
+    # "nltk" adjective/noun chunks (Sec. 3.3) | "clause" random clauses (official code, ICFG/RSTPReid) |
+    # "dictionary" the official code's per-caption attribute dictionary (CUHK-PEDES), read from
+    # word_dictionary: its processed JSON (cuhk_pedes_att.json), each training caption's "att"
     word_level: str = "nltk"
+    word_dictionary: str | None = None
     cmpm_q_norm: str = "l1"  # "l1" (paper Eq. 6) | "l2" (official code)
     bias_lr_factor: float = 2.0
     # "Pre" (Table 4, Sec. 4.1 corpora): start fine-tuning from a pre-trained IVT encoder
@@ -280,16 +285,54 @@ def phrase_level_text(caption: str) -> str:
     return pool[int(torch.randint(len(pool), ()).item())]
 
 
-def word_level_text(caption: str, mode: str = "nltk") -> str:
+def word_level_text(caption: str, mode: str = "nltk", dictionary: dict | None = None) -> str:
+    """A random non-empty subset of the caption's word-level attributes, joined by commas (the
+    code joins by "," alone: the same WordPiece tokens); a phrase-level text when it has none."""
     if mode == "nltk":
         chunks = attribute_phrases(caption)
     elif mode == "clause":  # the official ICFG/RSTPReid behaviour: random comma clauses
         chunks = tuple(c.strip() for c in re.split(r"[.,]", caption) if c.strip())
+    elif mode == "dictionary":  # the official CUHK-PEDES loader (datasets/bases.py:187-199)
+        chunks = dictionary_attributes(caption, dictionary)
     else:
-        raise ValueError(f"IVTConfig.word_level={mode!r}; use 'nltk' or 'clause'")
+        raise ValueError(f"IVTConfig.word_level={mode!r}; use 'nltk', 'clause' or 'dictionary'")
     if not chunks:
         return phrase_level_text(caption)
-    return ", ".join(_random_subset(chunks))
+    return ", ".join(_random_subset(chunks)) or caption  # all attributes empty: the caption (as the code)
+
+
+def dictionary_key(caption: str) -> str:
+    """How a caption is looked up in the word dictionary: cleaned as tbpr's readers clean captions,
+    lower-cased (the code lower-cases before sampling)."""
+    return clean_caption(caption).lower()
+
+
+def load_word_dictionary(path: str) -> dict[str, tuple[str, ...]]:
+    """The official code's processed CUHK-PEDES JSON (``datasets/cuhk_pedes_level.py:28``):
+    ``{"train": [{"captions": str, "att": {key: phrase}, ...}]}``, one item per caption -> each
+    training caption's attribute phrases, in the file's order."""
+    if not path or not Path(path).is_file():
+        raise FileNotFoundError(f"IVT word_dictionary={path!r} not found: the official code's processed "
+                                "CUHK-PEDES JSON (cuhk_pedes_att.json, linked from its README); set "
+                                "word_dictionary to its path, or word_level=nltk")
+    data = json.loads(Path(path).read_text())
+    items = data.get("train") if isinstance(data, dict) else None
+    if not isinstance(items, list) or not all(isinstance(i, dict) and isinstance(i.get("captions"), str)
+                                              and isinstance(i.get("att"), dict) for i in items):
+        raise ValueError(f"IVT word_dictionary={path!r}: expected the official code's format, "
+                         '{"train": [{"captions": str, "att": {key: phrase}}, ...]}')
+    return {dictionary_key(i["captions"]): tuple(str(v) for v in i["att"].values()) for i in items}
+
+
+def dictionary_attributes(caption: str, dictionary: dict | None) -> tuple[str, ...]:
+    if dictionary is None:
+        raise ValueError("IVT word_level=dictionary: no word dictionary attached; the training loop "
+                         "attaches word_dictionary's (IVTRecipe.attach_training_data)")
+    key = dictionary_key(caption)
+    if key not in dictionary:
+        raise ValueError(f"IVT word_dictionary has no entry for the training caption {caption[:60]!r}: "
+                         "give the code's JSON of this dataset, or word_level=nltk")
+    return dictionary[key]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -315,6 +358,7 @@ class IVT(TBPRModel):
         rates = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
         self.blocks = nn.ModuleList(IVTBlock(cfg, r) for r in rates)
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.ln_eps)  # final LN_f, shared
+        self.word_dictionary = None  # word_level=dictionary: attached for training, not saved
         self.apply(_init_weights)
         nn.init.trunc_normal_(self.visual_embed.cls_token, std=0.02)
         nn.init.trunc_normal_(self.visual_embed.pos_embed, std=0.02)
@@ -392,7 +436,7 @@ class IVT(TBPRModel):
                 raise ValueError("IVT with mla=True needs three augmented views per image: "
                                  f"set data.n_views=3 (got images of shape {tuple(images.shape)})")
             images = torch.cat(images.unbind(1))
-            texts = ([word_level_text(c, self.cfg.word_level) for c in captions]
+            texts = ([word_level_text(c, self.cfg.word_level, self.word_dictionary) for c in captions]
                      + [phrase_level_text(c) for c in captions] + captions)
             pids = pids.repeat(3)
         else:

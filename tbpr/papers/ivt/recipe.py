@@ -21,10 +21,24 @@ from ...data.text import caption_word_spans
 from ...engine import fit
 from ...synthpedes import ensure
 from ..base import Recipe
-from .model import IVT, IVTConfig, IVTPretrainer, attribute_phrases, pretrain_stage_config
+from .model import (IVT, IVTConfig, IVTPretrainer, attribute_phrases, dictionary_key, load_word_dictionary,
+                    pretrain_stage_config)
 
 
 class IVTRecipe(Recipe):
+    def attach_training_data(self, model: IVT, train_records) -> None:
+        """With ``word_level=dictionary``, the official code's attribute dictionary of every training
+        caption, checked to cover them all before training starts."""
+        if model.cfg.word_level != "dictionary":
+            return
+        dictionary = load_word_dictionary(model.cfg.word_dictionary)
+        missing = [c for r in train_records for c in r.captions if dictionary_key(c) not in dictionary]
+        if missing:
+            raise ValueError(f"IVT word_dictionary={model.cfg.word_dictionary!r} lacks {len(missing)} of the "
+                             f"training captions (e.g. {missing[0][:60]!r}): give the code's JSON of this "
+                             "dataset, or word_level=nltk")
+        model.word_dictionary = dictionary
+
     def warm_start(self, model: IVT, train_records) -> None:
         """With ``pretrain=True``, the encoder of the (cached) pre-training stage."""
         if model.cfg.pretrain:
@@ -46,7 +60,7 @@ def _pretrain_key(cfg: IVTConfig) -> str:
     """Only what changes the pre-trained weights: architecture, initialisation, corpus, recipe, and
     the code that pre-trains (weights computed by older code are not reused)."""
     stage = to_dict(pretrain_stage_config(cfg))
-    for switch in ("mask_ratio", "bmm_count", "word_level", "cmpm_q_norm", "pretrain_checkpoint"):
+    for switch in ("mask_ratio", "bmm_count", "word_level", "word_dictionary", "cmpm_q_norm", "pretrain_checkpoint"):
         stage.pop(switch)
     return config_hash({**stage, "code": code_version("ivt")})
 
