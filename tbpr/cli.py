@@ -41,7 +41,7 @@ def cmd_train(args) -> None:
 def cmd_eval(args) -> None:
     cfg = get_config(args.model, args.profile, parse_overrides(args.set))
     records = load_records(args.dataset, resolve_data_root(args.dataset, args.data_root, args.profile))
-    model = load_trained(args.model, cfg, args.checkpoint)
+    model = load_trained(args.model, cfg, args.checkpoint, official_vocab=args.official_vocab)
     metrics = evaluate(model.to(args.device), records[args.split], model.cfg.data,
                        device=args.device, rerank_k=_rerank_k(args, cfg))
     return json.dumps(metrics, indent=1)
@@ -116,7 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a checkpoint on a split")
     _model_args(p)
     _data_args(p)
-    p.add_argument("--checkpoint", required=True, help="model.safetensors written by training")
+    p.add_argument("--checkpoint", required=True, help="model.safetensors written by training, or a checkpoint "
+                   "released with the paper's official code (converted; use --profile official)")
+    p.add_argument("--official-vocab", default=None, help="SSAN's released checkpoint: the code's word list "
+                   "(processed_data/ind2word.pkl)")
     p.add_argument("--split", default="test", choices=["val", "test"])
     p.set_defaults(func=cmd_eval)
 

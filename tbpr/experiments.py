@@ -21,16 +21,15 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-from tqdm.auto import tqdm
 
-from . import zoo
+from . import progress as progress_mod, zoo
 from .cache import cache_dir, code_version, data_fingerprint, locked, read_json, write_json
 from .config import config_hash, to_dict
 from .data.datasets import build_train_loader
 from .data.formats import load
 from .engine import SELECTED_FILE, distributed_env, fit, load_checkpoint, read_checkpoint, seed_everything
-from .evaluate import check_rerank_k, evaluate
-from .papers import get_config, model_class, recipe
+from .evaluate import QueryScores, check_rerank_k, evaluate
+from .papers import get_config, model_class, official, recipe
 from .synthpedes import ensure
 
 DATA_PROFILE = {"smoke": "smoke", "quick": "quick", "paper": "large", "official": "large"}
@@ -63,6 +62,10 @@ class Result:
         weights = run_dir / SELECTED_FILE if (run_dir / SELECTED_FILE).exists() else run_dir / "model.safetensors"
         model = load_trained(spec["model"], get_config(spec["model"], "paper", spec["config"]), weights)
         return model.to(device).eval()
+
+    def per_query(self) -> QueryScores:
+        """This run's test metrics per query (R1 hit, AP, ... in query order), for paired statistics."""
+        return QueryScores.load(_per_query_file(Path(self.run_dir), self.spec.get("rerank_k", 0)))
 
     def save(self, path: Path) -> None:
         write_json(path, asdict(self))
@@ -114,9 +117,13 @@ def build_model(name: str, cfg, train_records):
     return model
 
 
-def load_trained(name: str, cfg, checkpoint):
+def load_trained(name: str, cfg, checkpoint, official_vocab=None):
     """A trained model from its checkpoint: built from ``cfg`` and the data-derived state saved in
-    the checkpoint (its vocabulary), never from other data; no warm start, the weights replace it."""
+    the checkpoint (its vocabulary), never from other data; no warm start, the weights replace it.
+    A PyTorch file is taken for a checkpoint released with the paper's official code and converted
+    (``tbpr.papers.official``; SSAN's also needs the code's word list, ``official_vocab``)."""
+    if official.is_pytorch_file(checkpoint):
+        return official.load_official(name, cfg, checkpoint, vocab=official_vocab)
     state = read_checkpoint(checkpoint)
     if "num_classes" in state["config"] and hasattr(cfg, "num_classes"):
         cfg = dataclasses.replace(cfg, num_classes=state["config"]["num_classes"])
@@ -209,14 +216,13 @@ def run(model: str, profile: str = "quick", overrides: dict | None = None, *,
         return _train_and_evaluate(model, cfg, spec, key, run_dir, dataset, seed, device, rerank_k,
                                    progress, trained=None)
     run_dir = cache_dir() / "experiments" / key
-    result_path = _result_file(run_dir, rerank_k)
-    done = Result.read(result_path)
+    done = _cached_result(run_dir, rerank_k)
     if done is not None:
         return done
     if cache_only and read_json(run_dir / "trained.json") is None:
         return None
     with locked(run_dir):  # a second process on this key waits here, then reuses what the first made
-        done = Result.read(result_path)
+        done = _cached_result(run_dir, rerank_k)
         if done is not None:
             return done
         return _train_and_evaluate(model, cfg, spec, key, run_dir, dataset, seed, device, rerank_k,
@@ -227,10 +233,35 @@ def _result_file(run_dir: Path, rerank_k: int) -> Path:
     return run_dir / (f"result-rerank{rerank_k}.json" if rerank_k else "result.json")
 
 
+def _per_query_file(run_dir: Path, rerank_k: int) -> Path:
+    return run_dir / (f"per_query-rerank{rerank_k}.npz" if rerank_k else "per_query.npz")
+
+
+def _cached_result(run_dir: Path, rerank_k: int) -> "Result | None":
+    """The cached evaluation, if it has its per-query values (older ones are evaluated again from
+    their checkpoint, without training)."""
+    if not _per_query_file(run_dir, rerank_k).exists():
+        return None
+    return Result.read(_result_file(run_dir, rerank_k))
+
+
 def _train_and_evaluate(model, cfg, spec, key, run_dir: Path, dataset, seed, device, rerank_k,
                         progress, trained: dict | None) -> Result:
     """Train (unless ``trained`` holds the record of a finished training in ``run_dir``), evaluate,
-    and save the result in ``run_dir``."""
+    and save the result in ``run_dir``. A run of its own (not one of ``run_many``'s) names its bars
+    by the model and, without bars, ends with one line."""
+    args = (model, cfg, spec, key, run_dir, dataset, seed, device, rerank_k, progress, trained)
+    if progress_mod.current_label():
+        return _train_evaluate_save(*args)
+    with progress_mod.label(model):
+        result = _train_evaluate_save(*args)
+    progress_mod.line(f"{model} {spec['profile']} seed {seed}: R1 {result.metrics.get('R1', float('nan')):.1f}, "
+                      f"{result.train_seconds + result.eval_seconds:.0f} s", progress)
+    return result
+
+
+def _train_evaluate_save(model, cfg, spec, key, run_dir: Path, dataset, seed, device, rerank_k,
+                         progress, trained: dict | None) -> Result:
     records = load_records(dataset, spec["data_root"])
     if trained is not None:
         try:
@@ -249,7 +280,8 @@ def _train_and_evaluate(model, cfg, spec, key, run_dir: Path, dataset, seed, dev
         write_json(run_dir / "trained.json", trained)
     start = time.perf_counter()
     metrics = evaluate(net, records["test"], net.cfg.data, device=device, rerank_k=rerank_k,
-                       progress=progress)
+                       progress=progress, per_query=True)
+    metrics.pop("per_query").save(_per_query_file(run_dir, rerank_k))  # beside the result, kept small
     result = Result(key=key, spec={**spec, "rerank_k": rerank_k}, metrics=metrics,
                     history=trained["history"], train_seconds=trained["train_seconds"],
                     eval_seconds=time.perf_counter() - start, run_dir=str(run_dir))
@@ -286,7 +318,8 @@ def run_many(model: str, rows: dict[str, dict], seeds=None, profile: str = "quic
 
     Runs missing from the cache train in ``workers`` processes with one CPU core each (a small
     model on one core trains faster than on two, so two runs side by side double the throughput);
-    the results do not depend on ``workers``.
+    the results do not depend on ``workers``. Progress (``tbpr.progress``): bars named with the
+    model and the overall count ("ssan 3/8 runs, epoch 2/8"), or one line per finished run.
     """
     seeds = default_seeds(profile) if seeds is None else list(seeds)
     if workers is None:  # smoke runs take seconds: starting a worker process would cost more
@@ -295,31 +328,55 @@ def run_many(model: str, rows: dict[str, dict], seeds=None, profile: str = "quic
         workers = 1  # parallel runs hand their results over through the cache
     jobs = [(label, s) for label in rows for s in seeds]
     out: dict[str, dict[int, Result]] = {label: {} for label in rows}
-    progress = kwargs.get("progress", True)
-    bar = tqdm(total=len(jobs), desc=f"{model} runs", disable=not progress)
+    shown, cached = kwargs.get("progress", True), kwargs.get("cache", True)
     todo = []
     for label, s in jobs:
-        done = run(model, profile, rows[label], seed=s, cache_only=workers > 1, **kwargs)
+        done = run(model, profile, rows[label], seed=s, cache_only=True, **kwargs) if cached else None
         if done is None:
             todo.append((label, s))
-            continue
-        out[label][s] = done
-        bar.update()
-    if todo:
-        todo_jobs, todo = todo, _one_per_key(model, profile, rows, todo, kwargs)
-        bar.total = bar.n + len(todo)
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        with ProcessPoolExecutor(min(workers, len(todo)),
-                                 mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(_run_in_worker, threads, model, profile, rows[label],
-                                   s, kwargs): (label, s) for label, s in todo}
-            for future in as_completed(futures):
-                future.result()
-                bar.update()
-        for label, s in todo_jobs:  # trained once per key, each is now read from the cache
+        else:
+            out[label][s] = done
+    if not todo:
+        progress_mod.line(f"{model}: {len(jobs)}/{len(jobs)} runs from the cache", shown)
+        return {label: [out[label][s] for s in seeds] for label in rows}
+    todo_jobs, todo = todo, _one_per_key(model, profile, rows, todo, kwargs) if cached else todo
+    total, finished = len(jobs) - len(todo_jobs) + len(todo), len(jobs) - len(todo_jobs)
+    if finished:
+        progress_mod.line(f"{model}: {finished}/{total} runs from the cache, training {len(todo)}", shown)
+    if workers == 1:
+        for i, (label, s) in enumerate(todo, start=finished + 1):
+            with progress_mod.label(f"{model} {i}/{total} runs"):
+                out[label][s] = run(model, profile, rows[label], seed=s, **kwargs)
+            progress_mod.line(_finished_line(model, i, total, label, s, out[label][s]), shown)
+    else:
+        _train_in_pool(model, profile, rows, todo, workers, finished, total, kwargs)
+    for label, s in todo_jobs:  # trained once per key, each is now read from the cache
+        if s not in out[label]:
             out[label][s] = run(model, profile, rows[label], seed=s, **kwargs)
-    bar.close()
     return {label: [out[label][s] for s in seeds] for label in rows}
+
+
+def _train_in_pool(model, profile, rows, todo, workers, finished, total, kwargs) -> None:
+    """``todo`` trained in ``workers`` processes (their own progress off): one overall bar, or one
+    line per finished run."""
+    shown = kwargs.get("progress", True)
+    bar = progress_mod.bar(total=total, initial=finished, desc=f"{model} runs", enabled=shown)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_run_in_worker, threads, model, profile, rows[label], s, kwargs): (label, s)
+                   for label, s in todo}
+        for i, future in enumerate(as_completed(futures), start=finished + 1):
+            result = future.result()
+            bar.update()
+            progress_mod.line(_finished_line(model, i, total, *futures[future], result), shown)
+    bar.close()
+
+
+def _finished_line(model: str, i: int, total: int, label, seed: int, result: Result) -> str:
+    """"ssan 3/8 runs: w/o MVNLN seed 1, R1 12.3, 41 s" (training and evaluation)."""
+    row = " / ".join(map(str, label)) if isinstance(label, tuple) else label
+    seconds = result.train_seconds + result.eval_seconds
+    return f"{model} {i}/{total} runs: {row} seed {seed}, R1 {result.metrics.get('R1', float('nan')):.1f}, {seconds:.0f} s"
 
 
 def run_tables(model: str, tables: dict[str, dict[str, dict]], seeds=None, profile: str = "quick",

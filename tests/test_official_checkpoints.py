@@ -1,0 +1,179 @@
+"""Released checkpoints of the official codes, converted onto tbpr's models (``tbpr.papers.official``).
+
+We cannot download the released files, so each test builds a state dict with the official code's
+module names and shapes, written here as data: small tables read off the official model code
+(file:line in each table's comment), expanded per layer / part. Loading it must use every key,
+leave no tbpr tensor unfilled (but the training-only ones the code never saved) and match every
+shape, at the paper sizes (on the meta device) and, with values, at reduced sizes.
+"""
+import pickle
+
+import pytest
+import torch
+
+from tbpr import cli
+from tbpr.experiments import load_trained
+from tbpr.papers import create_model, get_config, official
+from tbpr.papers.ssan import convert as ssan_convert
+
+
+def tensors(shapes: dict, device="cpu", seed=0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for key, shape in shapes.items():
+        if key.endswith("num_batches_tracked"):
+            out[key] = torch.tensor(7, device=device)
+        elif device == "meta":
+            out[key] = torch.empty(shape, device="meta")
+        elif key.endswith("running_var"):
+            out[key] = torch.rand(shape, generator=g) + 0.5  # a variance
+        else:
+            out[key] = torch.randn(shape, generator=g) * 0.05
+    return out
+
+
+def nest(flat: dict, sections) -> dict:
+    """``{"network.a.b": t}`` -> ``{"network": {"a.b": t}}`` for the checkpoint's sections."""
+    out = {}
+    for key, value in flat.items():
+        section, rest = key.split(".", 1)
+        assert section in sections, key
+        out.setdefault(section, {})[rest] = value
+    return out
+
+
+def bn(prefix: str, n: int) -> dict:
+    return {f"{prefix}.{f}": (n,) for f in ("weight", "bias", "running_mean", "running_var")} | {
+        f"{prefix}.num_batches_tracked": ()}
+
+
+# ----------------------------------------------------------------------------- SSAN
+def torchvision_resnet50(prefix: str) -> dict:
+    """torchvision's resnet50 children [:-2] as ``nn.Sequential`` (SSAN src/model/model.py:137):
+    0 conv1, 1 bn1, 4-7 layer1-4 of (3, 4, 6, 3) bottlenecks, widths 64-512, expansion 4."""
+    shapes = {f"{prefix}.0.weight": (64, 3, 7, 7), **bn(f"{prefix}.1", 64)}
+    in_ch = 64
+    for index, blocks, width in ((4, 3, 64), (5, 4, 128), (6, 6, 256), (7, 3, 512)):
+        for b in range(blocks):
+            p = f"{prefix}.{index}.{b}"
+            shapes |= {f"{p}.conv1.weight": (width, in_ch, 1, 1), **bn(f"{p}.bn1", width),
+                       f"{p}.conv2.weight": (width, width, 3, 3), **bn(f"{p}.bn2", width),
+                       f"{p}.conv3.weight": (4 * width, width, 1, 1), **bn(f"{p}.bn3", 4 * width)}
+            if b == 0:
+                shapes |= {f"{p}.downsample.0.weight": (4 * width, in_ch, 1, 1), **bn(f"{p}.downsample.1", 4 * width)}
+            in_ch = 4 * width
+    return shapes
+
+
+def ssan_official_shapes(vocab=5000, classes=11000, parts=6, feature=1024) -> dict:
+    """SSAN's best.pth.tar (src/train.py:120-127) with train.sh's sizes: --feature_length 1024,
+    --part 6, --vocab_size 5000, --class_num 11000."""
+    shapes = torchvision_resnet50("network.ImageExtract")
+    shapes |= {  # src/model/text_feature_extract.py:16-19: two tables, one bias-free Bi-LSTM 512 -> 2048
+        "network.TextExtract.embedding_local.weight": (vocab, 512),
+        "network.TextExtract.embedding_global.weight": (vocab, 512),
+        **{f"network.TextExtract.lstm.weight_{m}_l0{d}": (4 * 2048, 512 if m == "ih" else 2048)
+           for m in ("ih", "hh") for d in ("", "_reverse")},
+        "network.conv_global.block.0.weight": (feature, 2048, 1, 1),  # model.py:150
+        "network.conv_word_classifier.0.weight": (parts, 2048, 1, 1),  # model.py:155-158
+    }
+    half = feature // 2  # NonLocalNet(opt, dim_cut=2), model.py:71-83, 151
+    for k in range(parts):
+        nl = "network.non_local_net"
+        shapes |= {f"network.conv_local.{k}.block.0.weight": (feature, 2048, 1, 1),  # model.py:144-147
+                   f"{nl}.up_dim_conv.{k}.block.0.weight": (1024, half, 1, 1), **bn(f"{nl}.up_dim_conv.{k}.block.1", 1024),
+                   f"{nl}.part_sim_conv.{k}.block.0.weight": (half, feature, 1, 1),
+                   f"{nl}.cur_sim_conv.{k}.block.0.weight": (half, feature, 1, 1),
+                   f"{nl}.conv_local_att.{k}.block.0.weight": (512, feature, 1, 1),
+                   # src/loss/Id_loss.py:22-46: Id_Loss(opt, part, dim).W.k.block = Linear(dim, class_num)
+                   f"WL.W.{k}.block.weight": (classes, feature), f"WL.W.{k}.block.bias": (classes,),
+                   f"WN.W.{k}.block.weight": (classes, 512), f"WN.W.{k}.block.bias": (classes,)}
+    return shapes
+
+
+def ssan_checkpoint(device="cpu", **sizes) -> dict:
+    return {**nest(tensors(ssan_official_shapes(**sizes), device), ssan_convert.SECTIONS),
+            "epoch": 41, "test_best": torch.tensor(61.4)}
+
+
+SMALL_SSAN = {"num_classes": 7, "vocab_size": 30}
+WORDS = ["man", "shirt", "red", "woman", "bag", "black", "white", "shoes"]
+
+
+def test_ssan_official_names_and_shapes_fill_the_official_profile_exactly():
+    model = create_model("ssan", "official", device="meta")
+    state = ssan_convert.from_official(ssan_checkpoint("meta"), model)
+    ours = model.state_dict()
+    assert set(ours) - set(state) == {"classifier.g.weight", "classifier.g.bias", "steps_done"}  # never saved
+    assert all(tuple(state[k].shape) == tuple(ours[k].shape) for k in state)
+    # the table itself: ResNet-50 (6 stem + 16 bottlenecks x 18 + 4 downsamples x 6), 2 word tables,
+    # 4 LSTM matrices, W_g, WAM; per part W_l, W_gamma + its BN, theta, phi, W_n, two ID classifiers
+    assert len(ssan_official_shapes()) == (6 + 16 * 18 + 4 * 6) + 2 + 4 + 2 + 6 * (1 + 1 + 5 + 3 + 2 + 2)
+
+
+def test_ssan_conversion_puts_each_official_tensor_where_the_code_uses_it(tmp_path):
+    ckpt = ssan_checkpoint(vocab=30, classes=7)
+    model = ssan_convert.build(get_config("ssan", "official", {**SMALL_SSAN, "pretrained": None}),
+                               vocab=_word_list(tmp_path))
+    state = ssan_convert.from_official(ckpt, model)
+    net = ckpt["network"]
+    assert torch.equal(state["visual.layer3.5.conv2.weight"], net["ImageExtract.6.5.conv2.weight"])
+    assert torch.equal(state["W_l.weight"][2], net["conv_local.2.block.0.weight"][:, :, 0, 0])
+    assert torch.equal(state["mvnln.W_theta.weight"][4], net["non_local_net.cur_sim_conv.4.block.0.weight"][:, :, 0, 0])
+    assert torch.equal(state["mvnln.W_phi.weight"][4], net["non_local_net.part_sim_conv.4.block.0.weight"][:, :, 0, 0])
+    assert torch.equal(state["mvnln.bn.running_var"][1024 * 3:1024 * 4],
+                       net["non_local_net.up_dim_conv.3.block.1.running_var"])
+    assert torch.equal(state["classifier.n.bias"][5], ckpt["WN"]["W.5.block.bias"])
+    assert torch.equal(state["wam.weight"], net["conv_word_classifier.0.weight"][:, :, 0, 0])
+    # word ids: the code's j-th word is its row j + 1 (dataset/process_CUHK_data.py:24-27) and ours j + 2
+    theirs = net["TextExtract.embedding_global.weight"]
+    for j, word in enumerate(WORDS):
+        assert torch.equal(state["word_emb_global.weight"][model.vocab.stoi[word]], theirs[j + 1])
+    assert torch.equal(state["word_emb_global.weight"][0], theirs[0])  # padding
+
+
+def _word_list(tmp_path) -> str:
+    path = tmp_path / "ind2word.pkl"
+    path.write_bytes(pickle.dumps(WORDS, pickle.HIGHEST_PROTOCOL))  # as save_dict writes it
+    return str(path)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c["network"].update({"extra_head.weight": torch.zeros(3)}), "unused official keys: network.extra_head"),
+    (lambda c: c["network"].pop("conv_global.block.0.weight"), "does not fill: W_g.weight"),
+    (lambda c: c["network"].update({"ImageExtract.0.weight": torch.zeros(64, 3, 5, 5)}), "shapes differ: visual.conv1"),
+    (lambda c: c["WL"].pop("W.3.block.bias"), "lacks WL.W.3.block.bias"),
+])
+def test_ssan_conversion_refuses_a_checkpoint_that_does_not_fit_in_one_line(tmp_path, change, message):
+    ckpt = ssan_checkpoint(vocab=30, classes=7)
+    change(ckpt)
+    model = ssan_convert.build(get_config("ssan", "official", {**SMALL_SSAN, "pretrained": None}),
+                               vocab=_word_list(tmp_path))
+    with pytest.raises(ValueError, match=message) as err:
+        ssan_convert.from_official(ckpt, model)
+    assert "\n" not in str(err.value)
+
+
+def test_ssan_released_checkpoint_evaluates_through_tbpr_eval(tmp_path, smoke_root, capsys):
+    path = tmp_path / "best.pth.tar"
+    torch.save(ssan_checkpoint(vocab=30, classes=7), path)
+    overrides = {**SMALL_SSAN, "data.image_size": [64, 32]}
+    cfg = get_config("ssan", "official", overrides)
+    model = load_trained("ssan", cfg, path, official_vocab=_word_list(tmp_path))
+    assert model.vocab.itos[2:] == WORDS and not model.training
+    with pytest.raises(ValueError, match="official-vocab"):
+        load_trained("ssan", cfg, path)
+    cli.main(["eval", "ssan", "--profile", "official", "--checkpoint", str(path), "--data-root", str(smoke_root),
+              "--official-vocab", _word_list(tmp_path), "--set", "num_classes=7", "vocab_size=30",
+              "data.image_size=[64,32]"])
+    assert '"R1"' in capsys.readouterr().out
+
+
+def test_a_file_of_another_kind_is_refused_in_one_line(tmp_path):
+    path = tmp_path / "other.pth"
+    torch.save({"state_dict": {"fc.weight": torch.zeros(2, 2)}}, path)
+    with pytest.raises(ValueError, match="neither a tbpr model.safetensors nor the official ssan"):
+        load_trained("ssan", get_config("ssan", "official"), path)
+    assert official.is_pytorch_file(path) and not official.is_pytorch_file(tmp_path / "missing.pth")
+    with pytest.raises(ValueError, match="no converter"):
+        official.converter("mia")
