@@ -14,9 +14,16 @@ Ties: ranks are those of a stable descending sort, so among equal scores the low
 ranks first. Re-ranked top-k lists use the same rule (equal re-rank scores keep the first-stage
 order). Queries whose id has no gallery image are an error unless ``allow_missing=True`` (then they
 are excluded and counted).
+
+Per query (``per_query=True``): the same values before averaging, one per evaluated query in query
+order (``QueryScores``), so that two runs on the same split can be compared query by query
+(``tbpr.stats``); saved compactly as ``.npz`` beside a run's result.
 """
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -27,6 +34,55 @@ from .data.datasets import EvalSet, load_eval_images
 
 Similarity = torch.Tensor | np.ndarray | Callable[[slice], torch.Tensor | np.ndarray]
 Rerank = Callable[[torch.Tensor, torch.Tensor], torch.Tensor | np.ndarray]
+
+
+# --------------------------------------------------------------------------- per-query values
+def _is_hit(metric: str) -> bool:
+    """R<k> per query is a 0/1 hit (stored as uint8; the other values as float32)."""
+    return metric[:1] == "R" and metric[1:].isdigit()
+
+
+@dataclass
+class QueryScores:
+    """The metric values of each evaluated query before averaging: ``values[metric][i]`` belongs to
+    query ``query[i]`` (its index in the split's caption order; excluded queries are absent), in
+    [0, 1] (R<k>: 0/1 hit; mAP: the query's AP; mINP: its INP; mAP_trapz: its trapezoid AP), so
+    ``100 * values[m].mean()`` is metric ``m``. ``split`` fingerprints the queries and gallery, so
+    that only evaluations of the same split are paired."""
+    query: np.ndarray
+    values: dict[str, np.ndarray]
+    split: str
+
+    def __len__(self) -> int:
+        return len(self.query)
+
+    def save(self, path) -> Path:
+        """Write ``path`` (.npz, a few tens of kB for thousands of queries)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {f"value_{name}": v.astype(np.uint8 if _is_hit(name) else np.float32)
+                  for name, v in self.values.items()}
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez_compressed(tmp, query=self.query.astype(np.int32), split=np.array(self.split), **arrays)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path) -> "QueryScores":
+        with np.load(path) as data:
+            values = {k[len("value_"):]: data[k] for k in data.files if k.startswith("value_")}
+            return cls(query=data["query"], values=values, split=str(data["split"]))
+
+
+def split_fingerprint(*parts) -> str:
+    """A short hash of the arrays / strings that identify an evaluation split."""
+    digest = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, torch.Tensor):
+            part = part.detach().cpu().numpy()
+        data = np.ascontiguousarray(part).tobytes() if isinstance(part, np.ndarray) else str(part).encode()
+        digest.update(len(data).to_bytes(8, "little") + data)
+    return digest.hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- input checks
@@ -172,7 +228,7 @@ def chance_rank1(query_pids, gallery_pids) -> float:
 
 def retrieval_metrics(similarity: Similarity, query_pids, gallery_pids, *, ks=(1, 5, 10),
                       rerank: Rerank | None = None, rerank_k: int = 32, chunk_size: int = 1024,
-                      allow_missing: bool = False, source_index=None) -> dict[str, float]:
+                      allow_missing: bool = False, source_index=None, per_query: bool = False) -> dict:
     """R@K, mAP and mINP (percent) of ranking ``gallery_pids`` for each of ``query_pids``.
 
     ``similarity``: a [Q, G] torch tensor / numpy array (higher = closer), or a callable
@@ -198,6 +254,8 @@ def retrieval_metrics(similarity: Similarity, query_pids, gallery_pids, *, ks=(1
     Returns ``{"R1", "R5", "R10", "mAP", "mINP", "mAP_trapz", "num_queries", "num_excluded"}``
     (+ ``"HMR1", "hmr_num_queries"`` with ``source_index``); keys ``R<k>`` follow ``ks``;
     ``mAP_trapz`` is the trapezoid AP of the papers' official code (IVT's Table 4 uses it).
+    With ``per_query=True`` the dict also holds ``"per_query"``: a ``QueryScores`` of the values
+    behind every metric but HMR1 (``split`` hashes the two id arrays).
     """
     ks = tuple(int(k) for k in ks)
     if not ks or min(ks) < 1:
@@ -242,6 +300,7 @@ def retrieval_metrics(similarity: Similarity, query_pids, gallery_pids, *, ks=(1
                              "it must be each caption's own image (EvalSet.caption_image_idx)")
 
     totals: dict[str, float] = {}
+    kept_queries, kept_values = [], []
     hmr_hits, hmr_count = 0.0, 0
     for start in range(0, Q, chunk_size):
         rows = slice(start, min(start + chunk_size, Q))
@@ -255,8 +314,12 @@ def retrieval_metrics(similarity: Similarity, query_pids, gallery_pids, *, ks=(1
         if rerank is not None:
             query_idx = torch.arange(rows.start, rows.stop, device=device)
             ranks = _reranked_ranks(block, row, col, ranks, query_idx, rerank, min(rerank_k, G))
-        for name, values in _rank_stats(row, ranks, ks).items():
+        stats = _rank_stats(row, ranks, ks)
+        for name, values in stats.items():
             totals[name] = totals.get(name, 0.0) + float(values.sum())
+        if per_query:
+            kept_queries.append(torch.unique_consecutive(row).cpu() + rows.start)  # row is sorted
+            kept_values.append({name: values.cpu() for name, values in stats.items()})
         if source_index is not None:
             hits, kept = _hmr1_hits(row, col, ranks, source_index[rows].to(device))
             hmr_hits, hmr_count = hmr_hits + hits, hmr_count + kept
@@ -267,6 +330,11 @@ def retrieval_metrics(similarity: Similarity, query_pids, gallery_pids, *, ks=(1
     if source_index is not None:
         metrics["HMR1"] = 100.0 * hmr_hits / hmr_count if hmr_count else float("nan")
         metrics["hmr_num_queries"] = hmr_count
+    if per_query:
+        metrics["per_query"] = QueryScores(
+            query=torch.cat(kept_queries).numpy(),
+            values={name: torch.cat([v[name] for v in kept_values]).numpy() for name in totals},
+            split=split_fingerprint(qids, gids))
     return metrics
 
 
@@ -369,9 +437,10 @@ def check_rerank(model, rerank_k: int) -> None:
 
 
 def score_features(model, text_feats, image_feats, query_pids, gallery_pids, *, rerank_k: int = 0,
-                   chunk_size: int = 1024, **kwargs) -> dict[str, float]:
+                   chunk_size: int = 1024, **kwargs) -> dict:
     """Metrics of encoded features scored by ``model.similarity`` in query chunks (and
-    ``model.rerank`` over the top ``rerank_k`` when > 0)."""
+    ``model.rerank`` over the top ``rerank_k`` when > 0); ``kwargs`` go to ``retrieval_metrics``
+    (``per_query=True`` for the values per query)."""
     def similarity(rows: slice):
         return model.similarity(select_rows(text_feats, rows), image_feats)
 
@@ -386,11 +455,12 @@ def score_features(model, text_feats, image_feats, query_pids, gallery_pids, *, 
 
 
 def evaluate(model, records, data_cfg, *, device="cpu", batch_size: int = 64, rerank_k: int = 0,
-             progress: bool = True, chunk_size: int = 1024) -> dict[str, float]:
+             progress: bool = True, chunk_size: int = 1024, per_query: bool = False) -> dict:
     """Text-to-image metrics of ``model`` on ``records`` (every caption a query, every image in the
-    gallery), with SSAN's HMR-1 (``HMR1``) and, for ``rerank_k > 0``, top-k re-ranking."""
+    gallery), with SSAN's HMR-1 (``HMR1``) and, for ``rerank_k > 0``, top-k re-ranking.
+    ``per_query=True`` adds ``"per_query"`` (``QueryScores``)."""
     text_feats, image_feats, eval_set = encode_split(model, records, data_cfg, device=device,
                                                      batch_size=batch_size, progress=progress)
     return score_features(model, text_feats, image_feats, eval_set.caption_pids, eval_set.image_pids,
                           rerank_k=rerank_k, chunk_size=chunk_size,
-                          source_index=eval_set.caption_image_idx)
+                          source_index=eval_set.caption_image_idx, per_query=per_query)

@@ -228,3 +228,46 @@ def test_chance_rank1_is_the_mean_share_of_the_gallery_showing_each_querys_perso
     queries, gallery = [3, 1, 3, 7], [1, 3, 3, 7, 7, 9]
     brute = 100 * sum(sum(g == q for g in gallery) / len(gallery) for q in queries) / len(queries)
     assert chance_rank1(queries, gallery) == pytest.approx(brute)
+
+
+def reference_per_query(sim, qids, gids, rerank=None, k=0):
+    """{query index: (R1 hit, AP)} by brute force, for the queries with a positive."""
+    out = {}
+    for q in range(len(qids)):
+        order = reference_ranking(list(sim[q]), rerank(q) if rerank else None, k)
+        ranks = [pos + 1 for pos, j in enumerate(order) if gids[j] == qids[q]]
+        if ranks:
+            out[q] = (float(ranks[0] == 1), sum(i / r for i, r in enumerate(ranks, 1)) / len(ranks))
+    return out
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 37])
+@pytest.mark.parametrize("k", [0, 5])
+def test_per_query_values_are_each_querys_hit_and_ap_in_query_order(chunk, k):
+    sim, qids, gids = random_problem(7, integer_scores=True, missing=True)
+    rng = np.random.default_rng(1)
+    rerank_table = rng.integers(0, 3, sim.shape).astype(np.float32)
+    rerank = (lambda q: dict(enumerate(rerank_table[q]))) if k else None
+    callback = (lambda idx, topk: torch.from_numpy(rerank_table)[idx[:, None], topk]) if k else None
+    got = retrieval_metrics(sim, qids, gids, allow_missing=True, chunk_size=chunk, per_query=True,
+                            rerank=callback, rerank_k=max(k, 1))
+    want = reference_per_query(sim, qids, gids, rerank, k)
+    scores = got["per_query"]
+    assert scores.query.tolist() == sorted(want) and len(scores) == got["num_queries"]
+    assert scores.values["R1"].tolist() == [want[q][0] for q in sorted(want)]
+    assert scores.values["mAP"] == pytest.approx([want[q][1] for q in sorted(want)])
+    for metric in ("R1", "R5", "R10", "mAP", "mINP", "mAP_trapz"):  # the metrics are their means
+        assert 100 * scores.values[metric].mean() == pytest.approx(got[metric])
+
+
+def test_per_query_values_survive_a_round_trip_through_npz(tmp_path):
+    from tbpr.evaluate import QueryScores
+    sim, qids, gids = random_problem(3)
+    scores = retrieval_metrics(sim, qids, gids, per_query=True)["per_query"]
+    loaded = QueryScores.load(scores.save(tmp_path / "per_query.npz"))
+    assert loaded.split == scores.split and loaded.query.tolist() == scores.query.tolist()
+    assert loaded.values["R1"].dtype == np.uint8 and loaded.values["R1"].tolist() == scores.values["R1"].tolist()
+    assert loaded.values["mAP"] == pytest.approx(scores.values["mAP"], abs=1e-6)
+    other = retrieval_metrics(sim[:, ::-1].copy(), qids, gids[::-1].copy(), per_query=True)["per_query"]
+    assert other.split != scores.split  # another gallery order is another split
+    assert "per_query" not in retrieval_metrics(sim, qids, gids)

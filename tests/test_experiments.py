@@ -121,3 +121,22 @@ def test_code_version_follows_shared_code_and_own_model_only(tmp_path, monkeypat
     (tmp_path / "engine.py").write_text("x = 2\n")
     assert versions()[0] != mia  # shared training code invalidates every model
     cache.code_version.cache_clear()
+
+
+def test_each_run_keeps_its_per_query_values_beside_the_result(smoke_root):
+    result = _run(root=smoke_root, seed=0)
+    scores = result.per_query()
+    assert len(scores) == result.metrics["num_queries"] and scores.query.tolist() == sorted(scores.query)
+    assert 100 * scores.values["R1"].mean() == pytest.approx(result.metrics["R1"])
+    assert 100 * scores.values["mAP"].mean() == pytest.approx(result.metrics["mAP"], abs=1e-4)
+    assert "per_query" not in result.metrics  # the JSON stays small
+
+
+def test_a_cached_run_without_per_query_values_is_evaluated_again_not_retrained(smoke_root, monkeypatch):
+    first = _run(root=smoke_root, seed=0)
+    per_query = experiments._per_query_file(experiments.Path(first.run_dir), 0)
+    per_query.unlink()  # as written before per-query values were kept
+    monkeypatch.setattr(experiments, "_train", lambda *a, **k: pytest.fail("retrained"))
+    again = _run(root=smoke_root, seed=0)
+    assert per_query.exists() and again.metrics == pytest.approx(first.metrics)
+    assert again.train_seconds == first.train_seconds
