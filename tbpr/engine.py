@@ -57,9 +57,9 @@ from safetensors import safe_open
 from safetensors.torch import load_model, save_model
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
 from .config import config_hash, to_dict
+from .progress import bar as progress_bar
 
 WEIGHTS_FILE = "model.safetensors"
 STATE_FILE = "state.pt"
@@ -733,8 +733,8 @@ def _fit(model, loader, cfg, ctx: _Dist, device, out_dir, seed, eval_fn, resume,
             steps, images = mine["steps"], mine["images"]
         else:
             sums, steps, images = {}, 0, 0
-        bar = tqdm(total=steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not (progress and ctx.main), dynamic_ncols=True)
+        bar = progress_bar(total=steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                           enabled=progress and ctx.main, dynamic_ncols=True)
         tic = time.perf_counter()
         images_at_start = images
         for step, batch in enumerate(batches, start=skip):

@@ -28,9 +28,9 @@ from typing import Callable
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .data.datasets import EvalSet, load_eval_images
+from .progress import bar as progress_bar
 
 Similarity = torch.Tensor | np.ndarray | Callable[[slice], torch.Tensor | np.ndarray]
 Rerank = Callable[[torch.Tensor, torch.Tensor], torch.Tensor | np.ndarray]
@@ -372,9 +372,7 @@ def select_rows(feats, index):
 
 def _batches(n: int, batch_size: int, progress: bool, desc: str):
     starts = range(0, n, batch_size)
-    if progress:
-        starts = tqdm(starts, desc=desc, leave=False)
-    for start in starts:
+    for start in progress_bar(starts, desc=desc, enabled=progress, leave=False):
         yield slice(start, min(start + batch_size, n))
 
 

@@ -5,13 +5,16 @@ Training runs are cached (``tbpr.experiments``), so an interrupted reproduction 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from . import progress
 from .cache import cache_dir, code_version
 from .experiments import default_seeds
 from .papers import MODEL_NAMES
@@ -92,6 +95,20 @@ def _write_provenance(figures_dir: Path, nb: Path, profile: str, seconds: float,
             f"others read from the run cache (2-core CPU unless stated; code version `{version}`).\n")
 
 
+@contextlib.contextmanager
+def unwatched_kernel():
+    """Kernels started in this block report progress in lines (``tbpr.progress``): a papermill kernel
+    looks like JupyterLab's, but nobody watches its bars and they would be saved frozen at 0 %.
+    A ``$TBPR_PROGRESS`` set by the caller is kept."""
+    before = os.environ.get(progress.ENV)
+    os.environ.setdefault(progress.ENV, "lines")
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(progress.ENV, None)
+
+
 def run_notebooks(profile: str = "quick", *, only: list[str] | None = None,
                   notebook_dir: Path | None = None, out_dir: Path | None = None,
                   figures_dir: Path | None = None, device: str = "cpu",
@@ -128,11 +145,12 @@ def run_notebooks(profile: str = "quick", *, only: list[str] | None = None,
                           "skipped (--force re-executes)")
             continue
         start, cached = time.perf_counter(), _cached_runs()
-        papermill.execute_notebook(
-            str(nb), str(out_dir / nb.name), cwd=str(notebook_dir), kernel_name="python3",
-            parameters={"profile": profile, "out_dir": str(figures_dir), "device": device,
-                        **({"seeds": list(seeds)} if seeds else {})},
-            progress_bar=False)
+        with unwatched_kernel():
+            papermill.execute_notebook(
+                str(nb), str(out_dir / nb.name), cwd=str(notebook_dir), kernel_name="python3",
+                parameters={"profile": profile, "out_dir": str(figures_dir), "device": device,
+                            **({"seeds": list(seeds)} if seeds else {})},
+                progress_bar=False)
         _stamp_code_version(out_dir / nb.name, version)
         times[nb.stem] = time.perf_counter() - start
         _write_provenance(figures_dir, nb, profile, times[nb.stem], seeds, len(_cached_runs() - cached),

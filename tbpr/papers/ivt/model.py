@@ -37,7 +37,7 @@ from safetensors.torch import load_file
 
 from ...config import DataConfig, ModelConfig, TrainConfig, apply_overrides
 from ...data.formats import clean_caption
-from ...data.text import bert_tokenizer, chunk
+from ...data.text import bert_tokenizer, chunk, pretrained_bert
 from ... import zoo
 from ...losses import cmpm_loss, itc_loss, itm_loss, mam_loss
 from ...backbones import hub_weights
@@ -498,10 +498,9 @@ def _state_dict(source: str, kind: str, grid: tuple[int, int] | None = None) -> 
         import timm  # imported where used: 3 s to import, and only hub weights need it here
         return hub_weights("pretrained_vit", source,
                            lambda: timm.create_model(source, pretrained=True).state_dict())
-    from transformers import BertModel  # 2.3 s to import; only hub weights need it here
     if path.exists():  # a local folder
-        return BertModel.from_pretrained(source).state_dict()
-    return hub_weights("pretrained_bert", source, lambda: BertModel.from_pretrained(source).state_dict())
+        return pretrained_bert(source, pooler=True).state_dict()
+    return hub_weights("pretrained_bert", source, lambda: pretrained_bert(source, pooler=True).state_dict())
 
 
 def _resize_pos_embed(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:

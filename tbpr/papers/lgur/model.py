@@ -36,7 +36,7 @@ from transformers import BertConfig, BertModel
 
 from ...config import DataConfig, ModelConfig, TrainConfig
 from ...cache import FeatureCache
-from ...data.text import bert_tokenizer, minilm_path
+from ...data.text import bert_tokenizer, minilm_path, pretrained_bert
 from ...losses import part_id_loss, semi_hard_ranking_loss
 from ...backbones import ResNetPatchTokens, ViTPatchTokens, hub_weights
 from ..base import TBPRModel
@@ -169,9 +169,8 @@ def _pretrained_bert(name: str):
     name that cannot be loaded here is a one-line error naming ``text_pretrained``."""
     source = _text_source(name)
     if Path(source).exists():
-        return BertModel.from_pretrained(source, add_pooling_layer=False)
-    return hub_weights("text_pretrained", name,
-                       lambda: BertModel.from_pretrained(source, add_pooling_layer=False))
+        return pretrained_bert(source)
+    return hub_weights("text_pretrained", name, lambda: pretrained_bert(source))
 
 
 # ----------------------------------------------------------------------------- the model
