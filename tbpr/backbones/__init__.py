@@ -1,7 +1,7 @@
 """Encoders shared by several papers: timm / torchvision CNNs and ViTs, transformers text encoders,
 word-embedding RNNs. Pretrained weights load by timm / transformers name (from the hub, or its local
-cache when the hub cannot be reached) or by local path, never implicitly: ``pretrained=None`` means
-random initialisation. A name that can be neither downloaded nor found in the cache is a one-line
+cache when the hub cannot be reached), by local path, or by ``zoo:<name>`` (a member pre-trained here,
+tbpr/zoo, checksum-verified), never implicitly: ``pretrained=None`` means random initialisation. A name that can be neither downloaded nor found in the cache is a one-line
 error naming the config field to set to a local path or to null (:func:`hub_weights`).
 """
 from __future__ import annotations
@@ -14,6 +14,8 @@ from pathlib import Path as _Path
 
 import torch as _torch
 from torch import nn as _nn
+
+from .. import zoo as _zoo
 
 HUB_HOST = "huggingface.co"
 
@@ -71,27 +73,42 @@ def hub_weights(field: str, name: str, load):
             f"local file or folder holding them, or {field}=null for random initialisation") from None
 
 
+def _state_dict_file(pretrained: str) -> dict:
+    """A state dict from ``zoo:<name>`` (checksum-verified) or a local .safetensors / torch file."""
+    if _zoo.is_zoo(pretrained):
+        return _zoo.load(pretrained)
+    if str(pretrained).endswith(".safetensors"):
+        from safetensors.torch import load_file
+        return load_file(pretrained)
+    return _torch.load(pretrained, map_location="cpu", weights_only=True)
+
+
+def _load_trunk(model: _nn.Module, pretrained: str, arch: str) -> _nn.Module:
+    """Load a state dict in timm's key layout of ``arch`` into ``model``; a classifier (head / fc /
+    pre_logits) may be absent, any other missing key is a one-line error."""
+    missing, _ = model.load_state_dict(_state_dict_file(pretrained), strict=False)
+    trunk_missing = [k for k in missing if not k.startswith(("head", "fc", "pre_logits"))]
+    if trunk_missing:
+        raise ValueError(f"{pretrained}: not a {arch} state dict (missing {trunk_missing[:3]} ...)")
+    return model
+
+
+def _is_local(pretrained: str | None) -> bool:
+    return pretrained is None or _zoo.is_zoo(pretrained) or _Path(pretrained).exists()
+
+
 def _timm_model(arch: str, pretrained: str | None, field: str = "pretrained", **kwargs) -> _nn.Module:
     """``arch`` from timm; ``pretrained`` = a timm name (e.g. ``vgg16.tv_in1k``: from the hub or its
-    cache) or a local state-dict file (.safetensors / .pth) whose keys follow timm's ``arch``; None =
-    random init. ``field`` names the config field in errors. Nothing loads on the meta device."""
+    cache), ``zoo:<name>`` or a local state-dict file (.safetensors / .pth) whose keys follow timm's
+    ``arch``; None = random init. ``field`` names the config field in errors. Nothing loads on the
+    meta device."""
     import timm  # imported where used: 3 s to import, and the small CPU trunks never need it
 
     if building_on_meta():
         return timm.create_model(arch, pretrained=False, **kwargs)
-    if pretrained is None or _Path(pretrained).exists():
+    if _is_local(pretrained):
         model = timm.create_model(arch, pretrained=False, **kwargs)
-        if pretrained is not None:
-            if str(pretrained).endswith(".safetensors"):
-                from safetensors.torch import load_file
-                state = load_file(pretrained)
-            else:
-                state = _torch.load(pretrained, map_location="cpu", weights_only=True)
-            missing, _ = model.load_state_dict(state, strict=False)
-            trunk_missing = [k for k in missing if not k.startswith(("head", "fc", "pre_logits"))]
-            if trunk_missing:
-                raise ValueError(f"{pretrained}: not a {arch} state dict (missing {trunk_missing[:3]} ...)")
-        return model
+        return model if pretrained is None else _load_trunk(model, pretrained, arch)
     if not pretrained.split(".")[0] == arch:
         raise ValueError(f"{field}={pretrained!r} is not a timm name of {arch!r} nor an existing file")
     return hub_weights(field, pretrained, lambda: timm.create_model(pretrained, pretrained=True, **kwargs))
@@ -120,17 +137,41 @@ def resnet50_stride16(pretrained: str | None = None, field: str = "pretrained") 
     return _StrideOneResNet(resnet)
 
 
-def vgg_mini(channels: tuple[int, ...] = (16, 32, 64, 64)) -> _nn.Module:
-    """A VGG-shaped CPU trunk: [3×3 conv-BN-ReLU] blocks, a 2×2 max-pool after all but the last
-    (output stride 2**(len(channels)-1))."""
-    layers, c_in = [], 3
-    for i, c_out in enumerate(channels):
-        layers += [_nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), _nn.BatchNorm2d(c_out),
-                   _nn.ReLU(inplace=True)]
-        if i < len(channels) - 1:
-            layers.append(_nn.MaxPool2d(2))
-        c_in = c_out
-    return _nn.Sequential(*layers)
+def vgg_mini(channels: tuple[int, ...] = (16, 32, 64, 64), pretrained: str | None = None,
+             field: str = "pretrained") -> _nn.Module:
+    """VGG-16's family shrunk for the CPU profiles: timm's VGG class (with BatchNorm, as vgg16_bn) at
+    ``channels``, one 3×3 conv-BN-ReLU per stage and a 2×2 max-pool after all but the last (output
+    stride 2**(len(channels)-1)); the conv trunk ``.features`` as :func:`vgg16_trunk`. ``pretrained``:
+    ``zoo:<name>`` or a local file in timm's VGG layout (``features.*``), None = random init."""
+    from timm.models.vgg import VGG  # imported where used (3 s)
+
+    cfg = [c for i, ch in enumerate(channels) for c in ([ch, "M"] if i < len(channels) - 1 else [ch])]
+    # the trunk is `.features`; mlp_ratio only shrinks the unused 4096-wide classifier MLP to one unit
+    model = VGG(cfg, num_classes=0, norm_layer=_nn.BatchNorm2d, mlp_ratio=1 / 4096)
+    if pretrained is not None and not building_on_meta():
+        if not _is_local(pretrained):
+            raise ValueError(f"{field}={pretrained!r}: vgg_mini loads zoo:<name> or a local file only")
+        _load_trunk(model, pretrained, "vgg_mini")
+    return model.features
+
+
+def resnet_small(channels: tuple[int, ...] = (16, 32, 64, 64), layers: tuple[int, ...] = (1, 1, 1, 1),
+                 output_stride: int = 8, pretrained: str | None = None,
+                 field: str = "pretrained") -> _nn.Module:
+    """ResNet's family shrunk for the CPU profiles: timm's ResNet class with BasicBlocks (as ResNet-18
+    / 34), stage widths ``channels`` (stem = the first), ``layers`` blocks per stage. output_stride 8
+    dilates layer3 / layer4 instead of striding, so a 96×32 input gives the 12×4 map a ResNet-50
+    gives at 384×128 (the same stripe geometry); ``forward_features`` returns it. ``pretrained``:
+    ``zoo:<name>`` or a local file in timm's ResNet layout, None = random init."""
+    from timm.models.resnet import BasicBlock, ResNet  # imported where used (3 s)
+
+    model = ResNet(BasicBlock, tuple(layers), channels=tuple(channels), stem_width=channels[0],
+                   output_stride=output_stride, num_classes=0, global_pool="")
+    if pretrained is not None and not building_on_meta():
+        if not _is_local(pretrained):
+            raise ValueError(f"{field}={pretrained!r}: resnet_small loads zoo:<name> or a local file only")
+        _load_trunk(model, pretrained, "resnet_small")
+    return model
 
 
 def cnn_trunk(name: str, pretrained: str | None = None, channels: tuple[int, ...] = (16, 32, 64, 64),
@@ -141,9 +182,7 @@ def cnn_trunk(name: str, pretrained: str | None = None, channels: tuple[int, ...
     if name == "resnet50":
         return resnet50_stride16(pretrained, field), 2048
     if name == "vgg_mini":
-        if pretrained is not None:
-            raise ValueError("vgg_mini has no pretrained weights; set pretrained=None")
-        return vgg_mini(channels), channels[-1]
+        return vgg_mini(channels, pretrained, field), channels[-1]
     raise ValueError(f"unknown CNN {name!r}; choose vgg16, resnet50 or vgg_mini")
 
 
@@ -168,28 +207,30 @@ class ViTPatchTokens(_nn.Module):
         return self.vit.forward_features(images)[:, self.vit.num_prefix_tokens:]
 
     def load_deit(self, pretrained: str, field: str = "vision_pretrained") -> None:
-        """Load a (distilled) DeiT checkpoint: a timm name (hub or its cache) or a local state-dict file.
+        """Load a (distilled) DeiT checkpoint: a timm name (hub or its cache), ``zoo:<name>`` or a local
+        state-dict file.
 
         The distillation token and its position entry are dropped, the position grid is resized to
-        ``self.grid`` and blocks beyond this model's depth are ignored."""
+        ``self.grid`` (a zoo ViT from the grid in its manifest, a hub DeiT from its square grid) and
+        blocks beyond this model's depth are ignored."""
         import timm
         from timm.layers import resample_abs_pos_embed
 
-        if _Path(pretrained).exists():
-            if str(pretrained).endswith(".safetensors"):
-                from safetensors.torch import load_file
-                state = load_file(pretrained)
-            else:
-                state = _torch.load(pretrained, map_location="cpu", weights_only=True)
+        if _zoo.is_zoo(pretrained):
+            state = _zoo.load(pretrained, grid=self.grid)
+        elif _Path(pretrained).exists():
+            state = _state_dict_file(pretrained)
         else:
             state = hub_weights(field, pretrained,
                                 lambda: timm.create_model(pretrained, pretrained=True).state_dict())
         prefix = 2 if "dist_token" in state else 1
         pos = state["pos_embed"]
-        old = int((pos.shape[1] - prefix) ** 0.5)
         pos = _torch.cat([pos[:, :1], pos[:, prefix:]], dim=1)  # keep [CLS], drop the dist entry
-        state["pos_embed"] = resample_abs_pos_embed(pos, list(self.grid), [old, old], num_prefix_tokens=1,
-                                                    interpolation="bilinear", antialias=False)
+        if pos.shape[1] - 1 != self.grid[0] * self.grid[1]:
+            old = int((pos.shape[1] - 1) ** 0.5)
+            pos = resample_abs_pos_embed(pos, list(self.grid), [old, old], num_prefix_tokens=1,
+                                         interpolation="bilinear", antialias=False)
+        state["pos_embed"] = pos
         own = self.vit.state_dict()
         kept = {k: v for k, v in state.items() if k in own}
         missing = sorted(set(own) - set(kept))

@@ -1,12 +1,14 @@
-"""Image-only zoo members (kind ``vit-attributes``).
+"""Image-only zoo members (kinds ``vit-attributes``, ``resnet-attributes``, ``vgg-attributes``).
 
-Image-only members play ImageNet's role (the papers' ViT-B/16 / DeiT from ImageNet classification):
-a timm ViT trained to classify the SynthPedes ground-truth attributes of each image (22 heads: gender,
+Image-only members play ImageNet's role (the papers' ViT-B/16 / DeiT / ResNet-50 / VGG-16 from
+ImageNet classification): a trunk (timm's ViT, ResNet or VGG class, built by the function the quick
+profile builds it with) trained to classify the SynthPedes ground-truth attributes of each image (22 heads: gender,
 age, skin, hair, hat, glasses, garments and their colours, bag, held object, view; a masked
 cross-entropy per head, summed), on the ``pretrain`` corpus: a SynthPedes render disjoint from every
 benchmark split (tbpr/synthpedes/render.py: no identity, family or image shared). Only the trunk
 ships (no attribute heads), in timm's key layout, at the width / depth / patch size of the quick
-profile that loads it, and normalised as that profile's data pipeline normalises.
+profile that loads it, and normalised as that profile's data pipeline normalises. The heads read
+the ViT's [CLS] token or the CNN map's global average.
 """
 from __future__ import annotations
 
@@ -19,11 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...backbones import resnet_small, vgg_mini
 from ...data.transforms import decode_image
 from ...synthpedes import ensure, load_ground_truth
 from .common import log_step, warmup_cosine
 
-IMAGENET_HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # ViT-B/16 (orig_in21k) normalisation: IVT
+IMAGENET_HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # ViT-B/16 (orig_in21k) normalisation: IVT; SSAN
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # DeiT, torchvision VGG: LGUR, MIA
 CLIP_NORM = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))  # BLIP: CADA
 
 # name -> recipe. ``for`` says which config field loads it, and whose weights it stands in for.
@@ -38,6 +42,21 @@ MEMBERS = {
         arch=dict(image_size=(96, 32), patch_size=8, embed_dim=64, depth=2, num_heads=4, mlp_ratio=4.0),
         norm=CLIP_NORM, corpus=("pretrain", 0), steps=3000, batch_size=128, lr=1e-3,
         weight_decay=0.05, warmup=200),
+    "deit-s": dict(  # LGUR drops [CLS] at the output and the final norm, as it does DeiT-S's
+        kind="vit-attributes", role="DeiT-S ImageNet weights (LGUR: vision_pretrained)",
+        arch=dict(image_size=(96, 32), patch_size=8, embed_dim=64, depth=2, num_heads=2, mlp_ratio=2.0),
+        norm=IMAGENET, corpus=("pretrain", 0), steps=6000, batch_size=128, lr=1e-3,
+        weight_decay=0.05, warmup=300),
+    "resnet-s": dict(  # tbpr.backbones.resnet_small: 96x32 -> 64 x 12x4
+        kind="resnet-attributes", role="ResNet-50 ImageNet weights (SSAN: pretrained)",
+        arch=dict(image_size=(96, 32), channels=(16, 32, 64, 64), layers=(1, 1, 1, 1), output_stride=8),
+        norm=IMAGENET_HALF, corpus=("pretrain", 0), steps=2000, batch_size=128, lr=1e-3,
+        weight_decay=0.05, warmup=100),
+    "vgg-s": dict(  # tbpr.backbones.vgg_mini: 64x24 -> 128 x 8x3
+        kind="vgg-attributes", role="VGG-16 ImageNet weights (MIA: pretrained)",
+        arch=dict(image_size=(64, 24), channels=(16, 32, 64, 128)),
+        norm=IMAGENET, corpus=("pretrain", 0), steps=3500, batch_size=128, lr=1e-3,
+        weight_decay=0.05, warmup=150),
 }
 
 # identity attributes classified, with the condition under which the attribute exists
@@ -67,22 +86,49 @@ def attribute_labels(gt) -> tuple[list[str], dict[str, list], np.ndarray]:
     return files, heads, labels
 
 
-class AttributeViT(nn.Module):
-    """timm ViT trunk ([CLS] after the final norm) + one linear head per attribute."""
+def build_trunk(kind: str, arch: dict) -> tuple[nn.Module, int]:
+    """(trunk, feature width) of a member: the quick profiles' own builders (tbpr.backbones) for the
+    CNNs, timm's VisionTransformer with [CLS] pooling for the ViTs."""
+    if kind == "vit-attributes":
+        from timm.models.vision_transformer import VisionTransformer  # imported where used (3 s)
 
-    def __init__(self, arch: dict, heads: dict[str, list]):
+        vit = VisionTransformer(img_size=tuple(arch["image_size"]), patch_size=arch["patch_size"],
+                                embed_dim=arch["embed_dim"], depth=arch["depth"], num_heads=arch["num_heads"],
+                                mlp_ratio=arch["mlp_ratio"], qkv_bias=True, num_classes=0, global_pool="token")
+        return vit, arch["embed_dim"]
+    if kind == "resnet-attributes":
+        return resnet_small(tuple(arch["channels"]), tuple(arch["layers"]), arch["output_stride"]), \
+            arch["channels"][-1]
+    if kind == "vgg-attributes":
+        return vgg_mini(tuple(arch["channels"])), arch["channels"][-1]
+    raise ValueError(f"unknown image-only member kind {kind!r}; choose one of {sorted(TRAINERS)}")
+
+
+class AttributeNet(nn.Module):
+    """A trunk (ViT: [CLS] after the final norm; CNN: global average of its map) + one linear head
+    per attribute."""
+
+    def __init__(self, kind: str, arch: dict, heads: dict[str, list]):
         super().__init__()
-        from timm.models.vision_transformer import VisionTransformer
+        self.kind = kind
+        self.trunk, dim = build_trunk(kind, arch)
+        self.heads = nn.ModuleList(nn.Linear(dim, len(v)) for v in heads.values())
 
-        self.trunk = VisionTransformer(img_size=tuple(arch["image_size"]), patch_size=arch["patch_size"],
-                                       embed_dim=arch["embed_dim"], depth=arch["depth"],
-                                       num_heads=arch["num_heads"], mlp_ratio=arch["mlp_ratio"],
-                                       qkv_bias=True, num_classes=0, global_pool="token")
-        self.heads = nn.ModuleList(nn.Linear(arch["embed_dim"], len(v)) for v in heads.values())
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        if self.kind == "vit-attributes":
+            return self.trunk(images)
+        fmap = self.trunk.forward_features(images) if hasattr(self.trunk, "forward_features") \
+            else self.trunk(images)
+        return fmap.mean((2, 3))
 
     def forward(self, images):
-        f = self.trunk(images)
+        f = self.features(images)
         return [h(f) for h in self.heads]
+
+    def trunk_state(self) -> dict[str, torch.Tensor]:
+        """The trunk in timm's key layout of its class (a VGG trunk is timm's ``VGG.features``)."""
+        state = self.trunk.state_dict()
+        return {f"features.{k}": v for k, v in state.items()} if self.kind == "vgg-attributes" else state
 
 
 def _load_images(root: Path, files: list[str], size, progress: bool) -> torch.Tensor:
@@ -102,8 +148,8 @@ def _augment(x: torch.Tensor, g: torch.Generator, pad: int = 1) -> torch.Tensor:
     return padded[..., dy:dy + h, dx:dx + w]
 
 
-def train_vit_attributes(name: str, recipe: dict, seed: int, progress: bool) -> tuple[dict, dict]:
-    """Train the attribute ViT of ``recipe``; (trunk state dict in timm's layout, manifest fields)."""
+def train_attributes(name: str, recipe: dict, seed: int, progress: bool) -> tuple[dict, dict]:
+    """Train the attribute network of ``recipe``; (trunk state dict in timm's layout, manifest fields)."""
     from tqdm.auto import tqdm
 
     torch.manual_seed(seed)
@@ -119,7 +165,7 @@ def train_vit_attributes(name: str, recipe: dict, seed: int, progress: bool) -> 
               file=sys.stderr, flush=True)
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in recipe["norm"])
     labels_t = torch.from_numpy(labels)
-    model = AttributeViT(arch, heads)
+    model = AttributeNet(recipe["kind"], arch, heads)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], weight_decay=recipe["weight_decay"])
     sched = warmup_cosine(opt, recipe["steps"], recipe["warmup"])
     losses, order, pos = [], torch.randperm(len(files), generator=g), 0
@@ -145,13 +191,15 @@ def train_vit_attributes(name: str, recipe: dict, seed: int, progress: bool) -> 
         x = (images[idx].float() / 255.0 - mean) / std
         acc = {a: float(((lg.argmax(1) == labels_t[idx, j]) | (labels_t[idx, j] < 0)).float().mean())
                for j, (a, lg) in enumerate(zip(heads, model(x)))}
-    grid = (arch["image_size"][0] // arch["patch_size"], arch["image_size"][1] // arch["patch_size"])
-    meta = {"layout": "timm-vit", "arch": arch, "grid": list(grid),
+    layout = {"vit-attributes": "timm-vit", "resnet-attributes": "timm-resnet", "vgg-attributes": "timm-vgg"}
+    meta = {"layout": layout[recipe["kind"]], "arch": arch,
             "norm": {"mean": recipe["norm"][0], "std": recipe["norm"][1]},
             "corpus": {"synthpedes_profile": corpus_profile, "seed": corpus_seed, "images": len(files)},
             "heads": heads, "final_loss": round(float(np.mean(losses[-50:])), 4),
             "train_accuracy": {a: round(v, 3) for a, v in acc.items()}}
-    return model.trunk.state_dict(), meta
+    if recipe["kind"] == "vit-attributes":  # the position grid, for loaders at another image size
+        meta["grid"] = [arch["image_size"][0] // arch["patch_size"], arch["image_size"][1] // arch["patch_size"]]
+    return model.trunk_state(), meta
 
 
-TRAINERS = {"vit-attributes": train_vit_attributes}
+TRAINERS = {kind: train_attributes for kind in ("vit-attributes", "resnet-attributes", "vgg-attributes")}
