@@ -14,6 +14,7 @@ import torch
 from tbpr import cli
 from tbpr.experiments import load_trained
 from tbpr.papers import create_model, get_config, official
+from tbpr.papers.lgur import convert as lgur_convert
 from tbpr.papers.ssan import convert as ssan_convert
 
 
@@ -164,8 +165,7 @@ def test_ssan_released_checkpoint_evaluates_through_tbpr_eval(tmp_path, smoke_ro
     with pytest.raises(ValueError, match="official-vocab"):
         load_trained("ssan", cfg, path)
     cli.main(["eval", "ssan", "--profile", "official", "--checkpoint", str(path), "--data-root", str(smoke_root),
-              "--official-vocab", _word_list(tmp_path), "--set", "num_classes=7", "vocab_size=30",
-              "data.image_size=[64,32]"])
+              "--official-vocab", _word_list(tmp_path), "--set", "data.image_size=[64,32]"])  # sizes: from the file
     assert '"R1"' in capsys.readouterr().out
 
 
@@ -177,3 +177,122 @@ def test_a_file_of_another_kind_is_refused_in_one_line(tmp_path):
     assert official.is_pytorch_file(path) and not official.is_pytorch_file(tmp_path / "missing.pth")
     with pytest.raises(ValueError, match="no converter"):
         official.converter("mia")
+
+
+# ----------------------------------------------------------------------------- LGUR
+def vit(prefix: str, depth: int, width: int, tokens: int, classes: int) -> dict:
+    """TransReID's ViT (LGUR model_TransREID/backbones/vit_pytorch.py:291-350): conv patches,
+    [CLS], positions, pre-norm blocks (qkv with bias, proj, fc1/fc2 MLP x4), final norm and fc."""
+    shapes = {f"{prefix}.cls_token": (1, 1, width), f"{prefix}.pos_embed": (1, tokens, width),
+              f"{prefix}.patch_embed.proj.weight": (width, 3, 16, 16), f"{prefix}.patch_embed.proj.bias": (width,),
+              f"{prefix}.norm.weight": (width,), f"{prefix}.norm.bias": (width,),
+              f"{prefix}.fc.weight": (classes, width), f"{prefix}.fc.bias": (classes,)}
+    for b in range(depth):
+        p = f"{prefix}.blocks.{b}"
+        shapes |= {f"{p}.norm1.weight": (width,), f"{p}.norm1.bias": (width,),
+                   f"{p}.attn.qkv.weight": (3 * width, width), f"{p}.attn.qkv.bias": (3 * width,),
+                   f"{p}.attn.proj.weight": (width, width), f"{p}.attn.proj.bias": (width,),
+                   f"{p}.norm2.weight": (width,), f"{p}.norm2.bias": (width,),
+                   f"{p}.mlp.fc1.weight": (4 * width, width), f"{p}.mlp.fc1.bias": (4 * width,),
+                   f"{p}.mlp.fc2.weight": (width, 4 * width), f"{p}.mlp.fc2.bias": (width,)}
+    return shapes
+
+
+def hf_bert(prefix: str, layers: int, width=768, ffn=3072, vocab=30522, position_ids=True) -> dict:
+    """transformers' BertModel (bert-base-uncased) as LGUR's TextExtract_Bert_lstm holds it
+    (model/text_feature_extract.py:68-69), with its pooler; older transformers also save position_ids."""
+    shapes = {f"{prefix}.embeddings.word_embeddings.weight": (vocab, width),
+              f"{prefix}.embeddings.position_embeddings.weight": (512, width),
+              f"{prefix}.embeddings.token_type_embeddings.weight": (2, width),
+              f"{prefix}.embeddings.LayerNorm.weight": (width,), f"{prefix}.embeddings.LayerNorm.bias": (width,),
+              f"{prefix}.pooler.dense.weight": (width, width), f"{prefix}.pooler.dense.bias": (width,)}
+    if position_ids:
+        shapes[f"{prefix}.embeddings.position_ids"] = (1, 512)
+    for n in range(layers):
+        p = f"{prefix}.encoder.layer.{n}"
+        for lin, (o, i) in {"attention.self.query": (width, width), "attention.self.key": (width, width),
+                            "attention.self.value": (width, width), "attention.output.dense": (width, width),
+                            "intermediate.dense": (ffn, width), "output.dense": (width, ffn)}.items():
+            shapes |= {f"{p}.{lin}.weight": (o, i), f"{p}.{lin}.bias": (o,)}
+        for ln in ("attention.output.LayerNorm", "output.LayerNorm"):
+            shapes |= {f"{p}.{ln}.weight": (width,), f"{p}.{ln}.bias": (width,)}
+    return shapes
+
+
+def mydecoder(prefix: str, depth: int, heads: int, head_dim: int, mlp: int, dim=384) -> dict:
+    """LGUR's mydecoder (vit_pytorch/vit_pytorch.py:505-562, 623-633): per layer
+    [Residual_3(PreNorm_3(Attention_mydecoder)), Residual(PreNorm(FeedForward))]."""
+    inner, shapes = heads * head_dim, {}
+    for n in range(depth):
+        p = f"{prefix}.transformer.layers.{n}"
+        shapes |= {f"{p}.0.fn.norm.weight": (dim,), f"{p}.0.fn.norm.bias": (dim,),
+                   f"{p}.0.fn.fn.to_q.weight": (inner, dim), f"{p}.0.fn.fn.to_kv.weight": (2 * inner, dim),
+                   f"{p}.0.fn.fn.to_out.0.weight": (dim, inner), f"{p}.0.fn.fn.to_out.0.bias": (dim,),
+                   f"{p}.1.fn.norm.weight": (dim,), f"{p}.1.fn.norm.bias": (dim,),
+                   f"{p}.1.fn.fn.net.0.weight": (mlp, dim), f"{p}.1.fn.fn.net.0.bias": (mlp,),
+                   f"{p}.1.fn.fn.net.3.weight": (dim, mlp), f"{p}.1.fn.fn.net.3.bias": (dim,)}
+    return shapes
+
+
+def lgur_official_shapes(classes=11000, bert_layers=12, parts=6) -> dict:
+    """LGUR's best.pth.tar (train_mydecoder_pixelvit_txtimg_3_bert.py:256-261; model/DETR_model.py:129-159,
+    opt: feature_length 512, d_model 1024, num_query 6, share_query True, class_num 11000)."""
+    shapes = vit("network.ImageExtract.model", 12, 384, 1 + 24 * 8, 1000)  # deit_small at 384x128
+    shapes |= hf_bert("network.TextExtract.text_embed", bert_layers)
+    shapes |= {f"network.TextExtract.lstm.weight_{m}_l0{d}": (4 * 384, 768 if m == "ih" else 384)
+               for m in ("ih", "hh") for d in ("", "_reverse")}
+    shapes |= mydecoder("network.TXTDecoder", 2, 6, 512, 512) | mydecoder("network.TXTDecoder_2", 1, 6, 64, 768)
+    shapes |= {f"network.conv_1X1_2.{k}.block.0.weight": (512, 384, 1, 1) for k in range(parts)}
+    shapes |= {"network.pos_embed_image": (1, 48, 1024), "network.query_embed_image": (1, parts, 384),
+               "network.dict_feature": (1, 400, 384), "network.mask.0.weight": (1, 384), "network.mask.0.bias": (1,)}
+    for k in range(parts):  # src Id_loss.py: Id_Loss(opt).W = classifier(feature_length, class_num).block
+        shapes |= {f"W.{k}.W.block.weight": (classes, 512), f"W.{k}.W.block.bias": (classes,)}
+    return shapes
+
+
+def lgur_checkpoint(device="cpu", **sizes) -> dict:
+    return {**nest(tensors(lgur_official_shapes(**sizes), device), lgur_convert.SECTIONS),
+            "optimizer": {"state": {}, "param_groups": []}, "epoch": 38, "test_best": 64.9}
+
+
+def test_lgur_official_names_and_shapes_fill_the_official_profile_exactly():
+    cfg = get_config("lgur", "official", lgur_convert.BUILD_WITHOUT_INIT)
+    with torch.device("meta"):
+        model = lgur_convert.LGUR(cfg)
+    state = lgur_convert.from_official(lgur_checkpoint("meta"), model)
+    ours = model.state_dict()
+    assert set(ours) - set(state) == {"steps_done"}  # a training counter; the frozen BERT is filled too
+    assert all(tuple(state[k].shape) == tuple(ours[k].shape) for k in state)
+
+
+def test_lgur_conversion_puts_each_official_tensor_where_the_code_uses_it():
+    ckpt = lgur_checkpoint(classes=7, bert_layers=1)
+    cfg = get_config("lgur", "official", {**lgur_convert.BUILD_WITHOUT_INIT, **lgur_convert.overrides_from(ckpt),
+                                          "text_layers": 1})
+    model = lgur_convert.LGUR(cfg)
+    state = lgur_convert.from_official(ckpt, model)
+    net = ckpt["network"]
+    kv = net["TXTDecoder.transformer.layers.1.0.fn.fn.to_kv.weight"]
+    assert torch.equal(state["pgu.layers.1.k.weight"], kv[:3072]) and torch.equal(state["pgu.layers.1.v.weight"], kv[3072:])
+    assert torch.equal(state["dga.layers.0.ffn.2.bias"], net["TXTDecoder_2.transformer.layers.0.1.fn.fn.net.3.bias"])
+    assert torch.equal(state["visual.vit.blocks.10.mlp.fc2.weight"], net["ImageExtract.model.blocks.10.mlp.fc2.weight"])
+    assert torch.equal(state["dictionary"], net["dict_feature"][0])
+    assert torch.equal(state["part_fcs.3.weight"], net["conv_1X1_2.3.block.0.weight"][:, :, 0, 0])
+    assert torch.equal(state["classifiers.5.bias"], ckpt["W"]["5.W.block.bias"])
+    assert torch.equal(state["text_encoder.encoder.layer.0.output.dense.weight"],
+                       net["TextExtract.text_embed.encoder.layer.0.output.dense.weight"])
+    assert model.load_state_dict(state, strict=False).missing_keys == ["steps_done"]
+    assert model.cfg.num_classes == 7
+
+
+def test_lgur_released_checkpoint_evaluates_without_the_hub(tmp_path, smoke_root, capsys):
+    path = tmp_path / "best.pth.tar"
+    torch.save(lgur_checkpoint(classes=7, bert_layers=1), path)
+    cli.main(["eval", "lgur", "--profile", "official", "--checkpoint", str(path), "--data-root", str(smoke_root),
+              "--set", "text_layers=1"])
+    assert '"R1"' in capsys.readouterr().out
+    ckpt = lgur_checkpoint(classes=7, bert_layers=1)
+    del ckpt["network"]["TextExtract.text_embed.encoder.layer.0.output.dense.bias"]
+    torch.save(ckpt, path)
+    with pytest.raises(ValueError, match="does not fill: text_encoder.encoder.layer.0.output.dense.bias"):
+        load_trained("lgur", get_config("lgur", "official", {"text_layers": 1}), path)

@@ -1,9 +1,10 @@
 """Checkpoints released with the official codes, evaluated with tbpr's metrics.
 
 Each paper that has released weights keeps a ``convert.py`` beside its model: ``looks_official(ckpt)``
-recognises the code's checkpoint by its keys, ``from_official(ckpt, model)`` renames (and, where our
-layout differs, reshapes) its tensors onto ours, and ``BUILD_WITHOUT_INIT`` lists the fields that
-would load initial weights which the checkpoint replaces anyway. The checks here are strict: every
+recognises the code's checkpoint by its keys, ``overrides_from(ckpt)`` reads the sizes that depend on
+the training data (identity count, vocabulary rows), ``from_official(ckpt, model)`` renames (and,
+where our layout differs, reshapes) its tensors onto ours, and ``BUILD_WITHOUT_INIT`` lists the
+fields that would load initial weights which the checkpoint replaces anyway. The checks here are strict: every
 tensor of the checkpoint is used or dropped by a named rule, every tensor of our model is filled
 (except the ``optional`` ones the code never saved, such as training-only ID classifiers), and
 every shape matches; any other outcome is a one-line error.
@@ -129,7 +130,7 @@ def load_official(name: str, cfg, path, **options):
     if not conv.looks_official(ckpt):
         raise ValueError(f"checkpoint {path} is neither a tbpr model.safetensors nor the official {name} code's "
                          f"checkpoint (top-level keys: {_names(map(str, ckpt))})")
-    cfg = apply_overrides(cfg, conv.BUILD_WITHOUT_INIT)
+    cfg = apply_overrides(cfg, {**conv.BUILD_WITHOUT_INIT, **conv.overrides_from(ckpt)})
     options = {k: v for k, v in options.items() if v is not None}
     if options and not hasattr(conv, "build"):
         raise ValueError(f"{name}: a released checkpoint takes no {sorted(options)} (only SSAN's needs the "

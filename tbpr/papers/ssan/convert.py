@@ -51,6 +51,16 @@ def looks_official(ckpt: dict) -> bool:
     return isinstance(network, dict) and "ImageExtract.0.weight" in network and "TextExtract.lstm.weight_ih_l0" in network
 
 
+def overrides_from(ckpt: dict) -> dict:
+    """The sizes that depend on the training data: identities (the ID classifiers), word rows."""
+    out = {}
+    if (bias := ckpt.get("WL", {}).get("W.0.block.bias")) is not None:
+        out["num_classes"] = int(bias.shape[0])
+    if (table := ckpt["network"].get("TextExtract.embedding_global.weight")) is not None:
+        out["vocab_size"] = int(table.shape[0])
+    return out
+
+
 def read_word_list(path) -> list[str]:
     """The code's ``ind2word.pkl`` (a pickled list of words, read without running pickled code), or
     the same list as JSON or one word a line."""
