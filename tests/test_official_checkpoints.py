@@ -14,6 +14,7 @@ import torch
 from tbpr import cli
 from tbpr.experiments import load_trained
 from tbpr.papers import create_model, get_config, official
+from tbpr.papers.cada import convert as cada_convert
 from tbpr.papers.lgur import convert as lgur_convert
 from tbpr.papers.ssan import convert as ssan_convert
 
@@ -296,3 +297,123 @@ def test_lgur_released_checkpoint_evaluates_without_the_hub(tmp_path, smoke_root
     torch.save(ckpt, path)
     with pytest.raises(ValueError, match="does not fill: text_encoder.encoder.layer.0.output.dense.bias"):
         load_trained("lgur", get_config("lgur", "official", {"text_layers": 1}), path)
+
+
+# ----------------------------------------------------------------------------- CADA and BLIP
+def blip_vit(prefix: str, depth: int, width: int, tokens: int) -> dict:
+    """BLIP's ViT (CADA models/vit.py:113-161): the ViT above without a classifier."""
+    return {k: v for k, v in vit(prefix, depth, width, tokens, 1).items() if ".fc." not in k}
+
+
+def med_bert(prefix: str, layers: int, width: int, ffn: int, vocab=30524, image_width=None) -> dict:
+    """BLIP's MED BertModel (CADA models/med.py:52-66, 97-125, 325-336; configs/med_config.json:
+    add_cross_attention true, no token types, no pooler): word and position tables with a
+    position_ids buffer, and per layer self-attention, cross-attention (keys/values from the ViT
+    width), FFN, each with its output LayerNorm."""
+    image_width = image_width or width
+    shapes = {f"{prefix}.embeddings.word_embeddings.weight": (vocab, width),
+              f"{prefix}.embeddings.position_embeddings.weight": (512, width),
+              f"{prefix}.embeddings.LayerNorm.weight": (width,), f"{prefix}.embeddings.LayerNorm.bias": (width,),
+              f"{prefix}.embeddings.position_ids": (1, 512)}
+    for n in range(layers):
+        p = f"{prefix}.encoder.layer.{n}"
+        linears = {"attention.self.query": (width, width), "attention.self.key": (width, width),
+                   "attention.self.value": (width, width), "attention.output.dense": (width, width),
+                   "crossattention.self.query": (width, width), "crossattention.self.key": (width, image_width),
+                   "crossattention.self.value": (width, image_width), "crossattention.output.dense": (width, width),
+                   "intermediate.dense": (ffn, width), "output.dense": (width, ffn)}
+        for lin, (o, i) in linears.items():
+            shapes |= {f"{p}.{lin}.weight": (o, i), f"{p}.{lin}.bias": (o,)}
+        for ln in ("attention.output.LayerNorm", "crossattention.output.LayerNorm", "output.LayerNorm"):
+            shapes |= {f"{p}.{ln}.weight": (width,), f"{p}.{ln}.bias": (width,)}
+    return shapes
+
+
+def lm_head(prefix: str, width: int, vocab=30524) -> dict:
+    """BertOnlyMLMHead (med.py:512-556): transform dense + LayerNorm, the output matrix tied to the
+    word table and its bias saved twice (``bias`` and ``decoder.bias``)."""
+    return {f"{prefix}.predictions.bias": (vocab,), f"{prefix}.predictions.decoder.bias": (vocab,),
+            f"{prefix}.predictions.decoder.weight": (vocab, width),
+            f"{prefix}.predictions.transform.dense.weight": (width, width),
+            f"{prefix}.predictions.transform.dense.bias": (width,),
+            f"{prefix}.predictions.transform.LayerNorm.weight": (width,),
+            f"{prefix}.predictions.transform.LayerNorm.bias": (width,)}
+
+
+def cada_official_shapes(width=768, depth=12, ffn=3072, tokens=197, embed=256) -> dict:
+    """CADA's model (models/cada.py:17-57, task ['global', 'local', 'seg', 'attr']): ViT-B/16 at 224,
+    text encoder, projections, the two ITM heads, the separate text decoder BertMLMLMHeadModel."""
+    shapes = blip_vit("visual_encoder", depth, width, tokens)
+    shapes |= med_bert("text_encoder", depth, width, ffn) | med_bert("text_decoder.bert", depth, width, ffn)
+    shapes |= lm_head("text_decoder.cls", width)
+    shapes |= {"vision_proj.weight": (embed, width), "vision_proj.bias": (embed,),
+               "text_proj.weight": (embed, width), "text_proj.bias": (embed,),
+               "itm_head.weight": (2, width), "itm_head.bias": (2,),
+               "itm_local_head.weight": (2, width), "itm_local_head.bias": (2,)}
+    return shapes
+
+
+def blip_pretrain_shapes(width=768, depth=12, ffn=3072, tokens=197, embed=256, queue=57600) -> dict:
+    """BLIP's model_base.pth (salesforce/BLIP models/blip_pretrain.py:19-96): the same encoders and
+    decoder (no itm_local_head), momentum copies, queues, temperature."""
+    shapes = {k: v for k, v in cada_official_shapes(width, depth, ffn, tokens, embed).items()
+              if not k.startswith("itm_local_head")}
+    shapes |= blip_vit("visual_encoder_m", depth, width, tokens) | med_bert("text_encoder_m", depth, width, ffn)
+    shapes |= {"vision_proj_m.weight": (embed, width), "vision_proj_m.bias": (embed,),
+               "text_proj_m.weight": (embed, width), "text_proj_m.bias": (embed,),
+               "image_queue": (embed, queue), "text_queue": (embed, queue), "queue_ptr": (1,), "temp": ()}
+    return shapes
+
+
+SMALL_CADA = {"vision.width": 32, "vision.depth": 1, "vision.heads": 2, "text.width": 32, "text.depth": 1,
+              "text.heads": 2, "text.ffn": 64, "embed_dim": 16}
+SMALL_CADA_SHAPES = {"width": 32, "depth": 1, "ffn": 64, "embed": 16}
+
+
+def test_cada_official_names_and_shapes_fill_the_official_profile_exactly():
+    model = create_model("cada", "official", device="meta")
+    ckpt = {"model": tensors(cada_official_shapes(), "meta"), "config": {"k_test": 32}, "epoch": 17}
+    state = cada_convert.from_official(ckpt, model)
+    ours = model.state_dict()
+    assert set(ours) == set(state) and all(tuple(state[k].shape) == tuple(ours[k].shape) for k in state)
+
+
+def test_cada_conversion_puts_each_official_tensor_where_the_code_uses_it():
+    model = create_model("cada", "official", **SMALL_CADA, pretrained=None)
+    ckpt = {"model": tensors(cada_official_shapes(**SMALL_CADA_SHAPES))}
+    state = cada_convert.from_official(ckpt, model)
+    m = ckpt["model"]
+    assert torch.equal(state["text_decoder.layers.0.cross_attn.key.weight"],
+                       m["text_decoder.bert.encoder.layer.0.crossattention.self.key.weight"])
+    assert torch.equal(state["text_encoder.layers.0.self_attn.out.bias"],
+                       m["text_encoder.encoder.layer.0.attention.output.dense.bias"])
+    assert torch.equal(state["mlm_head.norm.weight"], m["text_decoder.cls.predictions.transform.LayerNorm.weight"])
+    assert torch.equal(state["itm_local_head.bias"], m["itm_local_head.bias"])
+    model.load_state_dict(state)
+    assert model.mlm_head.word_embeddings[0].weight.data_ptr() == model.text_decoder.word.weight.data_ptr()
+    with pytest.raises(ValueError, match="converted keys tbpr's model lacks: text_decoder"):
+        cada_convert.from_official(ckpt, create_model("cada", "paper", **SMALL_CADA, pretrained=None))
+
+
+@pytest.mark.parametrize("profile", ["paper", "official"])
+def test_blip_model_base_names_and_shapes_initialise_cada(profile):
+    """The initialisation: every BLIP tensor used or dropped by a named rule; the text decoder's BERT
+    fills the official profile's separate ARA decoder and is dropped by the paper's shared one."""
+    model = create_model("cada", profile, device="meta")
+    blip = {"model": tensors(blip_pretrain_shapes(), "meta")}
+    state = cada_convert.from_blip(blip, model)
+    assert set(model.state_dict()) - set(state) == {"itm_local_head.weight", "itm_local_head.bias"}
+    assert any(k.startswith("text_decoder.") for k in state) == (profile == "official")
+    blip["model"]["text_encoder.pooler.dense.weight"] = torch.empty(768, 768, device="meta")
+    with pytest.raises(ValueError, match="unused official keys: text_encoder.pooler.dense.weight"):
+        cada_convert.from_blip(blip, model)
+
+
+def test_cada_released_checkpoint_evaluates_through_tbpr_eval(tmp_path, smoke_root, capsys):
+    path = tmp_path / "checkpoint_best.pth"
+    torch.save({"model": tensors(cada_official_shapes(**SMALL_CADA_SHAPES)), "epoch": 3,
+                "config": {"batch_size_train": 24}}, path)
+    sets = [f"{k}={v}" for k, v in SMALL_CADA.items()] + ["rerank_k=2"]
+    cli.main(["eval", "cada", "--profile", "official", "--checkpoint", str(path), "--data-root", str(smoke_root),
+              "--set", *sets])
+    assert '"R1"' in capsys.readouterr().out
