@@ -1,4 +1,4 @@
-"""The ``tbpr`` command line: synth, train, eval, bench, reproduce, summary, params, diff."""
+"""The ``tbpr`` command line: synth, train, eval, ship, bench, reproduce, summary, params, diff."""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +6,7 @@ import contextlib
 import json
 import sys
 
+from . import shipped
 from .bench import main as bench_main
 from .config import PROFILES, parse_overrides
 from .data.formats import DatasetError
@@ -41,10 +42,29 @@ def cmd_train(args) -> None:
 def cmd_eval(args) -> None:
     cfg = get_config(args.model, args.profile, parse_overrides(args.set))
     records = load_records(args.dataset, resolve_data_root(args.dataset, args.data_root, args.profile))
-    model = load_trained(args.model, cfg, args.checkpoint, official_vocab=args.official_vocab)
+    if args.checkpoint is None:  # the run cache's model of this config, else the shipped one
+        model, source, _ = shipped.trained(args.model, args.profile, parse_overrides(args.set), dataset=args.dataset,
+                                           data_root=args.data_root, device=args.device)
+        print(f"tbpr eval: {args.model} from the {source}")
+    else:
+        model = load_trained(args.model, cfg, args.checkpoint, official_vocab=args.official_vocab)
     metrics = evaluate(model.to(args.device), records[args.split], model.cfg.data,
                        device=args.device, rerank_k=_rerank_k(args, cfg))
     return json.dumps(metrics, indent=1)
+
+
+def cmd_ship(args) -> str:
+    names = list(MODEL_NAMES) if "all" in args.model else list(dict.fromkeys(args.model))
+    made = shipped.ship_all(names, args.profile, folder=args.out, device=args.device)
+    sizes = shipped.sizes(args.out)
+    for name, size in sizes.items():
+        print(f"{name:6s} {size / 1e6:6.2f} MB  R1 {shipped.manifest(name, args.out)['metrics']['R1']:5.1f}"
+              + ("  (shipped now)" if name in made else ""))
+    total = sum(sizes.values())
+    print(f"total  {total / 1e6:6.2f} MB of the {shipped.BUDGET_BYTES / 1e6:.0f} MB budget")
+    return json.dumps({"shipped": {n: {"file": str(shipped.folder_path(args.out) / m["file"]), "bytes": m["bytes"], "R1": m["metrics"]["R1"]}
+                                   for n, m in made.items()},
+                       "total_bytes": total, "budget_bytes": shipped.BUDGET_BYTES}, indent=1)
 
 
 def cmd_bench(args) -> None:
@@ -116,12 +136,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a checkpoint on a split")
     _model_args(p)
     _data_args(p)
-    p.add_argument("--checkpoint", required=True, help="model.safetensors written by training, or a checkpoint "
-                   "released with the paper's official code (converted; use --profile official)")
+    p.add_argument("--checkpoint", default=None, help="model.safetensors written by training, or a checkpoint "
+                   "released with the paper's official code (converted; use --profile official); default: the "
+                   "run cache's model of this config (seed 0), else the shipped one (tbpr/shipped/)")
     p.add_argument("--official-vocab", default=None, help="SSAN's released checkpoint: the code's word list "
                    "(processed_data/ind2word.pkl)")
     p.add_argument("--split", default="test", choices=["val", "test"])
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("ship", help="copy the quick full model (seed 0, trained if not cached) of a paper into "
+                                    "tbpr/shipped/ with its manifest: tbpr ship ssan | all")
+    p.add_argument("model", nargs="+", choices=[*MODEL_NAMES, "all"])
+    p.add_argument("--profile", default="quick", choices=PROFILES)
+    p.add_argument("--out", default=None, help="folder of shipped models (default: tbpr/shipped/)")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_ship)
 
     p = sub.add_parser("bench", help="benchmarks: tbpr bench eval | <model> | all", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)

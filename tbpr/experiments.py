@@ -229,6 +229,24 @@ def run(model: str, profile: str = "quick", overrides: dict | None = None, *,
                                    progress, trained=read_json(run_dir / "trained.json"))
 
 
+def trained_run(model: str, profile: str = "quick", overrides: dict | None = None, *,
+                dataset: str = "synthpedes", data_root=None, seed: int = 0, device: str = "cpu") -> Result | None:
+    """The cached run of this configuration once it finished training (its result when evaluated,
+    else one without metrics); None otherwise. Never trains or evaluates, and renders no data when
+    the cache holds no run of ``model`` at ``profile`` at all."""
+    if not any((cache_dir() / "experiments").glob(f"{model}-{profile}-*")):
+        return None
+    _, spec, key = run_spec(model, profile, overrides, dataset, data_root, seed, device)
+    run_dir = cache_dir() / "experiments" / key
+    done = Result.read(_result_file(run_dir, 0))
+    if done is not None:
+        return done
+    trained = read_json(run_dir / "trained.json")
+    if trained is None:
+        return None
+    return Result(key, spec, {}, trained["history"], trained["train_seconds"], 0.0, str(run_dir))
+
+
 def _result_file(run_dir: Path, rerank_k: int) -> Path:
     return run_dir / (f"result-rerank{rerank_k}.json" if rerank_k else "result.json")
 

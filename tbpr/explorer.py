@@ -54,7 +54,7 @@ from matplotlib.colors import Normalize
 
 import ipywidgets as w
 
-from . import experiments
+from . import experiments, shipped
 from .data.datasets import EvalSet, load_eval_images
 from .data.text import Vocabulary, caption_word_spans, word_tokenize
 from .engine import read_checkpoint
@@ -237,6 +237,7 @@ class Explorer:
         self._ranked: OrderedDict = OrderedDict()     # (model, caption) -> (scores, order, ranks)
         self._pid_of = dict(zip(self.eval_set.captions, (int(p) for p in self.eval_set.caption_pids)))
         self.last: dict = {}  # what the latest figure showed (the widget's state, for tests)
+        self.sources: dict[str, str] = {}  # where each model came from (from_runs: run cache / shipped)
         self.searches = self.redraws = 0  # the widget's counters: rankings asked for, figures drawn
 
     # -- where models come from
@@ -276,29 +277,40 @@ class Explorer:
                   data_root=None, device: str = "cpu", train: bool = False, fallback=None,
                   progress: bool = True) -> "Explorer":
         """The full configuration of each model at ``profile`` (seed 0): its run in the cache, else
-        ``<name>/model.safetensors`` in ``fallback`` (a folder of shipped checkpoints), else trained
-        now when ``train``. Models found nowhere are left out, named in a warning."""
-        checkpoints, metrics, missing = {}, {}, []
+        ``<name>/model.safetensors`` or ``<name>.safetensors`` in ``fallback`` (a folder of
+        checkpoints), else the shipped model of that config (``tbpr.shipped``), else trained now when
+        ``train``. Models found nowhere are left out, named in a warning; ``sources`` says where each
+        came from."""
+        checkpoints, metrics, sources, missing = {}, {}, {}, []
         for name in models or MODEL_NAMES:
             result = experiments.run(name, profile, dataset=dataset, data_root=data_root, device=device,
-                                     progress=progress, cache_only=not train)
-            shipped = None if fallback is None else next(
+                                     progress=progress, cache_only=True)
+            copied = None if fallback is None else next(
                 (p for p in (Path(fallback) / name / "model.safetensors", Path(fallback) / f"{name}.safetensors")
                  if p.is_file()), None)
+            ready = shipped.find(name, profile) if dataset == "synthpedes" and result is None and copied is None else None
+            if result is None and copied is None and ready is None and train:
+                result = experiments.run(name, profile, dataset=dataset, data_root=data_root, device=device,
+                                         progress=progress)
             if result is not None:
-                checkpoints[name], metrics[name] = result.run_dir, result.metrics
-            elif shipped is not None:
-                checkpoints[name] = shipped
+                checkpoints[name], metrics[name], sources[name] = result.run_dir, result.metrics, f"run cache {result.run_dir}"
+            elif copied is not None:
+                checkpoints[name], sources[name] = copied, str(copied)
+            elif ready is not None:
+                checkpoints[name], metrics[name] = ready, shipped.manifest(name)["metrics"]
+                sources[name] = shipped.describe(name)
             else:
                 missing.append(name)
         if missing:
             warnings.warn(f"no trained {', '.join(missing)} at profile {profile!r} in the run cache"
-                          + ("" if fallback is None else f" or in {fallback}")
+                          + ("" if fallback is None else f" or in {fallback}") + " and none shipped"
                           + f"; train with experiments.run(name, {profile!r}) or pass train=True")
         if not checkpoints:
             raise FileNotFoundError(f"no trained model at profile {profile!r} to explore")
-        return cls.from_checkpoints(checkpoints, dataset=dataset, data_root=data_root, profile=profile,
-                                    device=device, metrics=metrics)
+        explorer = cls.from_checkpoints(checkpoints, dataset=dataset, data_root=data_root, profile=profile,
+                                        device=device, metrics=metrics)
+        explorer.sources = sources
+        return explorer
 
     # -- retrieval
     def gallery(self, name: str):
@@ -670,8 +682,10 @@ def _show(image: w.Image, fig) -> None:
 
 
 def _metrics_beside(path: Path) -> dict:
-    """Metrics saved beside a checkpoint: a run's ``result.json`` or a shipped ``metrics.json``."""
-    for name, pick in (("result.json", lambda d: d.get("metrics")), ("metrics.json", lambda d: d)):
+    """Metrics saved beside a checkpoint: a run's ``result.json``, a ``metrics.json``, or the manifest
+    ``<name>.json`` of a shipped ``<name>.safetensors``."""
+    for name, pick in (("result.json", lambda d: d.get("metrics")), ("metrics.json", lambda d: d),
+                       (f"{path.stem}.json", lambda d: d.get("metrics"))):
         try:
             found = pick(json.loads((path.parent / name).read_text()))
         except (OSError, ValueError, AttributeError):
