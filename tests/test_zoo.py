@@ -7,6 +7,7 @@ import json
 import shutil
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -93,7 +94,7 @@ def test_pretrain_smoke_runs_in_seconds(tmp_path):
     assert time.time() - start < 60
 
 
-@pytest.mark.parametrize("profile", ["pretrain", "pretrain-smoke"])
+@pytest.mark.parametrize("profile", ["pretrain", "pretrain-smoke", "pretrain-shifted"])
 def test_corpus_shares_no_identity_family_or_image_with_the_benchmarks(profile):
     corpus = R.build_identities(profile, 0)
     assert len(corpus) == R.PROFILES[profile]["ids"][0]
@@ -104,3 +105,22 @@ def test_corpus_shares_no_identity_family_or_image_with_the_benchmarks(profile):
     assert min(p["id"] for p in corpus) > R.CORPUS_ID_BASE > largest
     assert min(p["family"] for p in corpus) >= R.CORPUS_ID_BASE > largest
     assert {p["split"] for p in corpus} == {"train"}
+
+
+def test_the_shifted_corpus_captions_and_renders_unlike_the_benchmark():
+    """The aligned member's corpus: shorter web-style captions with words no benchmark caption uses,
+    and its own look (the benchmark's draws are untouched: the same person renders as before)."""
+    FACTS = {"view": "front", "bag_side": "left", "held_side": "right"}
+    people = R.build_identities("pretrain-shifted", 0)[:60]
+    assert len({p["family"] for p in people}) == len(people)  # no families of near-identical people
+    web = [R.make_web_caption(p["attrs"], FACTS, np.random.default_rng([0, i]))[0]
+           for i, p in enumerate(people)]
+    bench = [R.make_caption(p["attrs"], FACTS, np.random.default_rng([0, i]))[0]
+             for i, p in enumerate(people)]
+    words = lambda caps: {w for c in caps for w in c.lower().replace(",", " ").replace(".", " ").split()}
+    assert np.mean([len(c.split()) for c in web]) < 0.5 * np.mean([len(c.split()) for c in bench])
+    assert len(words(web) - words(bench)) > 20
+    person = people[0]["attrs"]
+    plain = R.render_image(person, np.random.default_rng(1))[0]
+    assert np.array_equal(plain, R.render_image(person, np.random.default_rng(1), R.LOOKS["benchmark"])[0])
+    assert not np.array_equal(plain, R.render_image(person, np.random.default_rng(1), R.LOOKS["web"])[0])

@@ -46,6 +46,11 @@ PROFILES = {  # (train, val, test) identities, images per identity (min, max), c
     # random stream with ids from CORPUS_ID_BASE, and none whose attributes a benchmark split holds
     "pretrain": dict(ids=(4000, 0, 0), images=(3, 3), captions=2, corpus=True),
     "pretrain-smoke": dict(ids=(30, 0, 0), images=(2, 2), captions=2, corpus=True),
+    # the aligned member's corpus (BLIP's / CLIP's web data): shifted from the benchmark as web data is
+    # from CUHK-PEDES (other caption styles and words, other framing, backgrounds, photometry and
+    # resolution, no families of near-identical people); its own stream, disjoint like ``pretrain``
+    "pretrain-shifted": dict(ids=(8000, 0, 0), images=(2, 2), captions=2, corpus=True, stream=8,
+                             family=(1, 1), look="web", captions_style="web"),
 }
 BENCHMARK_SEEDS = {"smoke": (0, 1), "quick": (0, 1), "large": (0,)}  # renders the benchmarks use
 CORPUS_ID_BASE = 100_000  # corpus ids (and so file names and per-image random streams) start above it
@@ -263,14 +268,15 @@ def build_identities(profile: str, seed: int) -> list[dict]:
     so no identity, family or image is shared with smoke, quick or large."""
     spec = PROFILES[profile]
     corpus = spec.get("corpus", False)
-    rng = np.random.default_rng([seed, 0, CORPUS_STREAM] if corpus else [seed, 0])
+    rng = np.random.default_rng([seed, 0, spec.get("stream", CORPUS_STREAM)] if corpus else [seed, 0])
+    family_size = spec.get("family", (3, 6))  # people per family (min, max)
     taken = benchmark_identity_keys() if corpus else frozenset()
     people, family = [], 0
     for split, n in zip(("train", "val", "test"), spec["ids"]):
         members: list[dict] = []
         while len(members) < n:
             base = sample_identity(rng)
-            size = int(rng.integers(3, 7))
+            size = int(rng.integers(family_size[0], family_size[1] + 1))
             for k in range(min(size, n - len(members))):
                 attrs = base if k == 0 else mutate(base, rng, int(rng.integers(1, 3)))
                 n_images = int(rng.integers(spec["images"][0], spec["images"][1] + 1))
@@ -416,21 +422,80 @@ def _background(c: _Canvas, rng, person_colours):
     c.rgb += c.texture[..., None] * .5
 
 
-def render_image(attrs: dict, rng) -> tuple[np.ndarray, np.ndarray, dict]:
+def _background_web(c: _Canvas, rng, person_colours):
+    """A park or a plain backdrop instead of the street: sky and grass or one wall colour, a few
+    soft bushes, little clutter (the shifted corpus's look)."""
+    h, w = SIZE
+    if rng.random() < .6:  # park: sky, a horizon, grass or gravel, bushes
+        sky = np.array(colorsys.hsv_to_rgb(rng.uniform(.5, .64), rng.uniform(.08, .5), rng.uniform(.7, 1)),
+                       np.float32)
+        horizon = int(h * rng.uniform(.3, .7))
+        t = np.linspace(0, 1, horizon, dtype=np.float32)[:, None, None]
+        c.rgb[:horizon] = sky * (1 - .3 * t)
+        ground = np.array(colorsys.hsv_to_rgb(rng.uniform(.2, .38), rng.uniform(.3, .7), rng.uniform(.3, .7))
+                          if rng.random() < .7 else _palette_rgb(rng, "beige"), np.float32)
+        c.rgb[horizon:] = ground
+        for _ in range(int(rng.integers(1, 5))):
+            green = np.array(colorsys.hsv_to_rgb(rng.uniform(.22, .4), rng.uniform(.4, .8), rng.uniform(.2, .55)),
+                             np.float32)
+            cy, cx = horizon + rng.uniform(-40, 10), rng.uniform(0, w)
+            ry, rx = rng.uniform(15, 50), rng.uniform(15, 50)
+            yy, xx = np.arange(h)[:, None], np.arange(w)[None, :]
+            c.rgb[((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1] = green
+    else:  # a plain wall, lit from one side
+        wall = _palette_rgb(rng) * .5 + .4
+        ramp = np.linspace(rng.uniform(.8, 1), rng.uniform(.8, 1), w, dtype=np.float32)[None, :, None]
+        c.rgb[:] = wall * ramp
+    if rng.random() < .15:  # now and then something in a garment's colour
+        colour = person_colours[rng.integers(len(person_colours))][:3]
+        x0 = int(rng.integers(0, w - 8))
+        c.rgb[:, x0:x0 + int(rng.integers(4, 20))] = colour
+    c.rgb += c.texture[..., None] * .3
+
+
+@dataclass(frozen=True)
+class Look:
+    """Rendering statistics. ``LOOKS["benchmark"]`` is what smoke / quick / large render (changing
+    it changes the benchmark); a corpus profile may name another (``look=``)."""
+    height: tuple = (.80, .94)  # person height, fraction of the image height
+    top: tuple = (.02, -.01)  # top of the head in [lo, 1 - height + hi] of the image height
+    shift_x: float = 9  # horizontal jitter of the body axis, pixels
+    back: float = .4  # probability of a back view
+    background: str = "street"  # street | web (park or plain wall)
+    contrast: tuple = (.8, 1.15)
+    gain: tuple = (.75, 1.2)
+    cast: tuple = (.92, 1.08)  # per-channel gain: a colour cast
+    blur: float = .3
+    grey: float = 0.0  # probability of a greyscale photo
+    downscale: tuple | None = None  # (probability, min, max factor): taken small, shown enlarged
+    jpeg: tuple = (90, 90)  # JPEG quality (min, max)
+
+
+LOOKS = {
+    "benchmark": Look(),
+    # web photos: closer and looser framing (head or feet cut off), frontal, parks and plain walls,
+    # stronger exposure and colour casts, some greyscale, low resolution and heavy JPEG
+    "web": Look(height=(.6, 1.15), top=(-.12, .04), shift_x=20, back=.2, background="web",
+                contrast=(.6, 1.3), gain=(.6, 1.35), cast=(.8, 1.2), blur=.3, grey=.1,
+                downscale=(.6, 2.0, 5.0), jpeg=(30, 80)),
+}
+
+
+def render_image(attrs: dict, rng, look: Look = LOOKS["benchmark"]) -> tuple[np.ndarray, np.ndarray, dict]:
     """Render one view of a person: RGB uint8 [H, W, 3], region labels [H, W], per-image facts."""
     p, s = attrs, attrs["shades"]
     young = p["age"] == "young"
-    height = rng.uniform(.80, .94) * (.86 if young else 1.0)
-    top = rng.uniform(.02, 1 - height - .01) * SIZE[0]
-    c = _Canvas(rng, height, top, SIZE[1] / 2 + rng.uniform(-9, 9),
+    height = rng.uniform(*look.height) * (.86 if young else 1.0)
+    top = rng.uniform(look.top[0], 1 - height + look.top[1]) * SIZE[0]
+    c = _Canvas(rng, height, top, SIZE[1] / 2 + rng.uniform(-look.shift_x, look.shift_x),
                 rng.uniform(.68, .82) * (1.05 if p["gender"] == "male" else .95))
-    view = "back" if rng.random() < .4 else "front"
+    view = "back" if rng.random() < look.back else "front"
     front = view == "front"
     bag_side = 1 if rng.random() < .5 else -1  # person's own left (+1) or right (-1) hand
     held_side = -bag_side if p["bag"] in ("handbag", "shoulder") else (1 if rng.random() < .5 else -1)
     on_image = lambda side: side if front else -side  # the person's left is on the image right
     shades = {k: _jitter(v, rng) for k, v in s.items()}
-    _background(c, rng, list(shades.values()))
+    (_background if look.background == "street" else _background_web)(c, rng, list(shades.values()))
 
     arm_v = rng.uniform(.44, .49)
     hands = {side: (on_image(side) * rng.uniform(.135, .155), arm_v + rng.uniform(-.02, .02))
@@ -576,13 +641,19 @@ def render_image(attrs: dict, rng) -> tuple[np.ndarray, np.ndarray, dict]:
         c.label[region] = 0
 
     # photometric jitter: exposure, contrast, colour cast, sensor noise, blur
-    contrast = rng.uniform(.8, 1.15)
-    gain = (rng.uniform(.75, 1.2) * rng.uniform(.92, 1.08, 3) * contrast * 255).astype(np.float32)
+    contrast = rng.uniform(*look.contrast)
+    gain = (rng.uniform(*look.gain) * rng.uniform(*look.cast, 3) * contrast * 255).astype(np.float32)
     rgb = c.rgb * gain + np.float32((.5 - .5 * contrast) * 255)
     rgb += rng.standard_normal(rgb.shape, dtype=np.float32) * np.float32(.015 * 255)
     image = Image.fromarray(np.clip(rgb, 0, 255, out=rgb).astype(np.uint8))
-    if rng.random() < .3:
+    if rng.random() < look.blur:
         image = image.filter(ImageFilter.GaussianBlur(rng.uniform(.5, 1.3)))
+    if look.grey and rng.random() < look.grey:
+        image = image.convert("L").convert("RGB")
+    if look.downscale and rng.random() < look.downscale[0]:
+        f = rng.uniform(*look.downscale[1:])
+        small = image.resize((max(int(SIZE[1] / f), 4), max(int(SIZE[0] / f), 4)), Image.BILINEAR)
+        image = small.resize((SIZE[1], SIZE[0]), Image.BILINEAR)
     facts = {"view": view, "bag_side": "left" if bag_side > 0 else "right",
              "held_side": "left" if held_side > 0 else "right"}
     return np.asarray(image), c.label, facts
@@ -861,13 +932,145 @@ def make_caption(p: dict, facts: dict, rng) -> tuple[str, dict]:
         cap.add("is", "VBZ")
         _add_distractor(cap, rng)
     cap.add(".")
-    if rng.random() < .04:  # rare typo: two letters swapped or one dropped
-        i = _choice(rng, [i for i, w in enumerate(cap.words) if len(w[0]) > 3 and "-" not in w[0]])
+    _typo(cap, rng, .04)
+    return _render_caption(cap, capitalise=rng.random() < .7)
+
+
+def _typo(cap: _Caption, rng, p: float):
+    """With probability ``p`` a typo: two letters of a word swapped or one dropped."""
+    if rng.random() < p:
+        candidates = [i for i, w in enumerate(cap.words) if len(w[0]) > 3 and "-" not in w[0]]
+        if not candidates:
+            return
+        i = _choice(rng, candidates)
         w = cap.words[i][0]
         j = int(rng.integers(1, len(w) - 1))
         cap.words[i][0] = w[:j] + w[j + 1] + w[j] + w[j + 2:] if rng.random() < .5 else \
             w[:j] + w[j + 1:]
-    return _render_caption(cap, capitalise=rng.random() < .7)
+
+
+# --- web-style captions (the aligned member's shifted corpus) ------------------------------------
+# Alt-text and shop-tag phrasing instead of the benchmark's annotator sentences: short, 1-4 of the
+# salient attributes, other templates, other words (each concept named by a benchmark word only
+# with probability WEB["same_word"], else a synonym the benchmark never uses), wrong colours now
+# and then, and some captions that describe nothing (a web page's alt text often does not).
+WEB = dict(same_word=.5, wrong_colour=.12, no_colour=.3, typo=.08,
+           forms={"tags": .3, "alt": .4, "sentence": .2, "noise": .1})
+WEB_COLOURS = {"black": ["jet", "ebony", "charcoal black"], "white": ["ivory", "snow", "off-white"],
+               "grey": ["charcoal", "silver", "ash"], "red": ["crimson", "scarlet", "cherry"],
+               "orange": ["tangerine", "rust", "coral"], "yellow": ["mustard", "lemon", "golden"],
+               "green": ["olive", "emerald", "lime"], "blue": ["azure", "cobalt", "sky"],
+               "navy": ["indigo", "midnight", "ink"], "purple": ["lilac", "plum", "lavender"],
+               "pink": ["rose", "fuchsia", "blush"], "brown": ["chocolate", "coffee", "mocha"],
+               "beige": ["sand", "camel", "stone"]}
+WEB_NOUNS = {
+    "upper": {"t-shirt": ["tshirt", "polo", "graphic tee"], "shirt": ["button-down", "oxford shirt", "tunic"],
+              "jacket": ["windbreaker", "parka", "bomber"], "coat": ["trench", "trenchcoat", "topcoat"],
+              "sweater": ["cardigan", "knitwear", "hoodie"], "dress": ["sundress", "gown", "frock"]},
+    "lower": {"pants": ["chinos", "joggers", "bottoms"], "jeans": ["denims", "denim", "skinny jeans"],
+              "shorts": ["bermudas", "cutoffs", "hot pants"], "skirt": ["miniskirt", "midi skirt", "kilt"],
+              "leggings": ["tights", "yoga pants", "jeggings"]},
+    "shoes": {"shoes": ["loafers", "flats", "footwear"], "sneakers": ["kicks", "runners", "tennis shoes"],
+              "boots": ["booties", "wellies", "ankle boots"]},
+    "hat": {"cap": ["ballcap", "snapback", "trucker hat"], "beanie": ["toque", "bobble hat", "woolly hat"]},
+    "bag": {"backpack": ["daypack", "schoolbag", "knapsack"], "handbag": ["tote", "clutch", "pocketbook"],
+            "shoulder": ["satchel", "crossbody", "sling bag"]},
+    "held": {"umbrella": ["parasol", "brolly"], "phone": ["smartphone", "cellphone", "iphone"],
+             "bottle": ["flask", "thermos"], "cup": ["mug", "latte", "takeaway cup"]},
+    "glasses": {"glasses": ["specs", "spectacles"], "sunglasses": ["shades", "sunnies"]},
+}
+WEB_PEOPLE = {("male", "young"): ["lad", "teen", "schoolboy"], ("female", "young"): ["teen girl", "lass", "schoolgirl"],
+              ("male", "adult"): ["dude", "bloke", "gent"], ("female", "adult"): ["gal", "madam", "mum"],
+              ("male", "old"): ["grandpa", "senior", "pensioner"], ("female", "old"): ["grandma", "granny", "senior lady"]}
+WEB_NOISE = ["street photo", "city life", "people on the street", "urban scene", "candid street photography",
+             "weekend vibes", "outdoor shot", "commuters", "stock image", "downtown"]
+WEB_SALIENCE = {"upper": .9, "lower": .5, "bag": .35, "hat": .3, "held": .15, "shoes": .15, "glasses": .1}
+_BENCH_NOUNS = {"upper": UPPER_WORDS, "lower": LOWER_WORDS, "shoes": SHOE_WORDS, "hat": HAT_WORDS,
+                "bag": BAG_WORDS, "held": HELD_WORDS, "glasses": GLASSES_WORDS}
+
+
+def _web_word(rng, ours: list[str], theirs: list[str]) -> str:
+    """A benchmark word with probability WEB["same_word"], else one the benchmark never uses."""
+    return _choice(rng, ours if rng.random() < WEB["same_word"] else theirs)
+
+
+def _web_phrase(p: dict, key: str, rng) -> list[tuple]:
+    """'[colour] garment' parts (word, tag, attribute, region); the colour may be missing or wrong."""
+    value = p[key]
+    region = "head" if key == "glasses" else key
+    parts = []
+    coloured = key not in ("glasses",) and not (key == "held" and value in ("phone", "cup"))
+    if coloured and rng.random() >= WEB["no_colour"]:
+        name = p[f"{key}_colour"]
+        if rng.random() < WEB["wrong_colour"]:
+            name = _choice(rng, [c for c in COLOURS if c != name])
+        word = _web_word(rng, COLOURS[name][3], WEB_COLOURS[name])
+        parts += [(w, "JJ", f"{key}_colour", region) for w in word.split()]
+    noun = _web_word(rng, _BENCH_NOUNS[key][value], WEB_NOUNS[key][value])
+    return parts + [(w, t, f"{key}_type", region) for w, t in _noun(noun)]
+
+
+def _web_subject(p: dict, rng) -> list[tuple]:
+    if rng.random() < .15:
+        return [(_choice(rng, ["person", "pedestrian", "commuter", "tourist", "passerby"]), "NN", "gender", "person")]
+    words = _web_word(rng, PERSON_NOUNS[(p["gender"], p["age"])], WEB_PEOPLE[(p["gender"], p["age"])])
+    parts = [(w, "NN", "gender", "person") for w in words.split()]
+    if rng.random() < .25:  # 'blonde woman', 'long-haired guy'
+        hair = _choice(rng, [f"{p['hair_colour']}-haired" if p["hair_colour"] != "blonde" else "blonde",
+                             f"{p['hair_length']}-haired"])
+        parts.insert(0, (hair, "JJ", "hair", "head"))
+    return parts
+
+
+def _web_mentions(p: dict, rng, n: int) -> list[str]:
+    """``n`` attributes (at most those present), the salient ones the likeliest, as alt text picks."""
+    present = {k: w for k, w in WEB_SALIENCE.items()
+               if k in ("upper", "shoes") or p[k] not in ("none",)}
+    keys = list(present)
+    w = np.array([present[k] for k in keys])
+    n = min(n, len(keys))
+    return [keys[i] for i in rng.choice(len(keys), size=n, replace=False, p=w / w.sum())]
+
+
+def make_web_caption(p: dict, facts: dict, rng) -> tuple[str, dict]:
+    """One web-style caption (alt text, shop tags, a short sentence, or nothing about the person) and
+    its gold annotation, for the aligned member's shifted corpus; never used by a benchmark split."""
+    cap = _Caption()
+    form = _choice(rng, WEB["forms"])
+    if form == "noise":
+        for w in _choice(rng, WEB_NOISE).split():
+            cap.add(w, "NN")
+        return _render_caption(cap, capitalise=rng.random() < .3)
+    n = {"tags": int(rng.integers(1, 4)), "alt": int(rng.integers(1, 3)), "sentence": int(rng.integers(2, 5))}[form]
+    phrases = [_web_phrase(p, k, rng) for k in _web_mentions(p, rng, n)]
+    if form == "tags":  # 'woman, red coat, black boots' / 'red coat black boots'
+        if rng.random() < .5:
+            phrases.insert(0, _web_subject(p, rng))
+        sep = rng.random() < .5
+        for i, ph in enumerate(phrases):
+            if i and sep:
+                cap.add(",", ",")
+            cap.phrase(ph)
+        return _render_caption(cap, capitalise=False)
+    if form == "alt":  # 'photo of a woman in a red coat and black boots'
+        lead = _choice(rng, ["", "photo of", "image of", "portrait of", "street photo of", "picture of"])
+        for w in lead.split():
+            cap.add(w, "IN" if w == "of" else "NN")
+        cap.phrase([("a", "DT", None, None)] + _web_subject(p, rng))
+        for w in _choice(rng, ["in", "wearing", "with", "in a", "sporting"]).split():
+            cap.add(w, {"in": "IN", "with": "IN", "a": "DT"}.get(w, "VBG"))
+    else:  # 'the guy has on a red coat, black boots and a tote.'
+        cap.phrase([(_choice(rng, ["the", "this", "a"]), "DT", None, None)] + _web_subject(p, rng))
+        for w in _choice(rng, ["has on", "is dressed in", "is sporting", "wears", "rocks"]).split():
+            cap.add(w, {"has": "VBZ", "on": "RP", "is": "VBZ", "dressed": "VBN", "in": "IN"}.get(w, "VBZ"))
+    for i, ph in enumerate(phrases):
+        if i:
+            cap.add("and" if i == len(phrases) - 1 else ",", "CC" if i == len(phrases) - 1 else ",")
+        cap.phrase(ph)
+    if form == "sentence" and rng.random() < .6:
+        cap.add(".", ".")
+    _typo(cap, rng, WEB["typo"])
+    return _render_caption(cap, capitalise=rng.random() < .4)
 
 
 def _render_caption(cap: _Caption, capitalise: bool) -> tuple[str, dict]:
@@ -901,19 +1104,22 @@ def _render_caption(cap: _Caption, capitalise: bool) -> tuple[str, dict]:
 # --- writing, caching ----------------------------------------------------------------------------
 def _render_person(args):
     """Images, label maps and captions of one identity (a unit of work for the process pool)."""
-    seed, person, n_captions = args
+    seed, person, n_captions, look_name, captions_style = args
+    look = LOOKS[look_name]
+    caption = {"benchmark": make_caption, "web": make_web_caption}[captions_style]
     out = []
     for k in range(person["n_images"]):
         rng = np.random.default_rng([seed, 1, person["id"], k])
-        rgb, label, facts = render_image(person["attrs"], rng)
+        rgb, label, facts = render_image(person["attrs"], rng, look)
         file_path = f"{person['split']}/{person['id']:05d}_{k}.jpg"
         jpeg, png = io.BytesIO(), io.BytesIO()
-        Image.fromarray(rgb).save(jpeg, format="JPEG", quality=90)
+        quality = look.jpeg[0] if look.jpeg[0] == look.jpeg[1] else int(rng.integers(look.jpeg[0], look.jpeg[1] + 1))
+        Image.fromarray(rgb).save(jpeg, format="JPEG", quality=quality)
         Image.fromarray(label).save(png, format="PNG", optimize=False)
         crng = np.random.default_rng([seed, 2, person["id"], k])
         captions, golds = [], []
         while len(captions) < n_captions:
-            text, gold = make_caption(person["attrs"], facts, crng)
+            text, gold = caption(person["attrs"], facts, crng)
             if text not in captions:
                 captions.append(text)
                 golds.append(gold)
@@ -931,7 +1137,9 @@ def render(profile: str, seed: int, out: Path, workers: int | None = None) -> Pa
     if profile not in PROFILES:
         raise ValueError(f"unknown SynthPedes profile {profile!r}; choose one of {list(PROFILES)}")
     people = build_identities(profile, seed)
-    jobs = [(seed, person, PROFILES[profile]["captions"]) for person in people]
+    spec = PROFILES[profile]
+    jobs = [(seed, person, spec["captions"], spec.get("look", "benchmark"), spec.get("captions_style", "benchmark"))
+            for person in people]
     n_images = sum(p["n_images"] for p in people)
     if workers is None:
         workers = 1 if n_images < 600 else min(os.cpu_count() or 1, 8)
