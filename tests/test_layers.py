@@ -12,7 +12,8 @@ PACKAGE = Path(tbpr.__file__).parent
 FLOORS = [
     ("tbpr.config", "tbpr.losses", "tbpr.progress"),                  # configs as data, objectives, bars
     ("tbpr.data",),                                                   # formats, text, transforms
-    ("tbpr.evaluate", "tbpr.engine", "tbpr.cache"),                   # metrics, training loop, caches
+    ("tbpr.evaluate", "tbpr.engine", "tbpr.cache", "tbpr.stats"),     # metrics, training loop, caches,
+                                                                      # paired statistics
     ("tbpr.synthpedes", "tbpr.backbones", "tbpr.zoo"),                # benchmark, shared trunks, zoo loading
     ("tbpr.papers",),                                                 # one folder per paper
     ("tbpr.experiments", "tbpr.summary", "tbpr.bench", "tbpr.reproduce",  # runs, tables, timing,
