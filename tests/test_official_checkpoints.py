@@ -8,13 +8,15 @@ shape, at the paper sizes (on the meta device) and, with values, at reduced size
 """
 import pickle
 
+import numpy as np
 import pytest
 import torch
 
 from tbpr import cli
 from tbpr.experiments import load_trained
-from tbpr.papers import create_model, get_config, official
+from tbpr.papers import create_model, get_config, official, recipe
 from tbpr.papers.cada import convert as cada_convert
+from tbpr.papers.ivt import convert as ivt_convert
 from tbpr.papers.lgur import convert as lgur_convert
 from tbpr.papers.ssan import convert as ssan_convert
 
@@ -417,3 +419,84 @@ def test_cada_released_checkpoint_evaluates_through_tbpr_eval(tmp_path, smoke_ro
     cli.main(["eval", "cada", "--profile", "official", "--checkpoint", str(path), "--data-root", str(smoke_root),
               "--set", *sets])
     assert '"R1"' in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- IVT
+def uvt_encoder(prefix: str, depth=12, width=768, ffn=3072, tokens=1 + 31 * 10, vocab=30522) -> dict:
+    """IVT's encoder_vl, UVT_Bert_IMG_TXT_MASK (model/backbones/vit_vl.py:916-960): BertEmbeddings
+    (667-690, token types and a position_ids buffer), the overlapping patch conv, [CLS], position and
+    type tables, BlockVisTxt blocks (466-481: AttentionMask qkv/proj, mlp_vis, mlp_txt), final norm."""
+    shapes = {f"{prefix}.embeddings.word_embeddings.weight": (vocab, width),
+              f"{prefix}.embeddings.position_embeddings.weight": (512, width),
+              f"{prefix}.embeddings.token_type_embeddings.weight": (2, width),
+              f"{prefix}.embeddings.LayerNorm.weight": (width,), f"{prefix}.embeddings.LayerNorm.bias": (width,),
+              f"{prefix}.embeddings.position_ids": (1, 512),
+              f"{prefix}.patch_embed.proj.weight": (width, 3, 16, 16), f"{prefix}.patch_embed.proj.bias": (width,),
+              f"{prefix}.cls_token": (1, 1, width), f"{prefix}.pos_embed": (1, tokens, width),
+              f"{prefix}.type_embed": (1, tokens, width), f"{prefix}.norm.weight": (width,), f"{prefix}.norm.bias": (width,)}
+    for b in range(depth):
+        p = f"{prefix}.blocks.{b}"
+        shapes |= {f"{p}.norm1.weight": (width,), f"{p}.norm1.bias": (width,),
+                   f"{p}.attn.qkv.weight": (3 * width, width), f"{p}.attn.qkv.bias": (3 * width,),
+                   f"{p}.attn.proj.weight": (width, width), f"{p}.attn.proj.bias": (width,),
+                   f"{p}.norm2.weight": (width,), f"{p}.norm2.bias": (width,)}
+        for mlp in ("mlp_vis", "mlp_txt"):
+            shapes |= {f"{p}.{mlp}.fc1.weight": (ffn, width), f"{p}.{mlp}.fc1.bias": (ffn,),
+                       f"{p}.{mlp}.fc2.weight": (width, ffn), f"{p}.{mlp}.fc2.bias": (width,)}
+    return shapes
+
+
+def ivt_official_shapes(prefix="", classes=11003, **sizes) -> dict:
+    """build_transformer_uvt_img_txt_mask (model/make_model_vl.py:906-947): temp, encoder_vl, and the
+    ID classifier and BN neck it builds but does not use."""
+    width = sizes.get("width", 768)
+    return {f"{prefix}temp": (), **uvt_encoder(f"{prefix}encoder_vl", **sizes),
+            f"{prefix}classifier_img.weight": (classes, width), **bn(f"{prefix}bottleneck_img", width)}
+
+
+SMALL_IVT = {"embed_dim": 32, "depth": 1, "num_heads": 2, "data.image_size": [64, 32]}
+SMALL_IVT_SHAPES = {"width": 32, "depth": 1, "ffn": 128, "tokens": 1 + 5 * 2}  # stride 12 at 64x32
+
+
+def test_ivt_official_names_and_shapes_fill_the_official_profile_exactly():
+    model = create_model("ivt", "official", device="meta")
+    state = ivt_convert.from_official({"state_dict": tensors(ivt_official_shapes("module."), "meta")}, model)
+    ours = model.state_dict()
+    assert set(ours) == set(state) and all(tuple(state[k].shape) == tuple(ours[k].shape) for k in state)
+
+
+def test_ivt_conversion_puts_each_official_tensor_where_the_code_uses_it(tmp_path, smoke_root, capsys):
+    ckpt = {"state_dict": tensors(ivt_official_shapes(**SMALL_IVT_SHAPES)), "epoch": 71, "best_acc": np.float64(61.2)}
+    model = create_model("ivt", "official", **SMALL_IVT, **ivt_convert.BUILD_WITHOUT_INIT)
+    state = ivt_convert.from_official(ckpt, model)
+    sd = ckpt["state_dict"]
+    assert torch.equal(state["blocks.0.mlp_img.fc2.weight"], sd["encoder_vl.blocks.0.mlp_vis.fc2.weight"])
+    assert torch.equal(state["blocks.0.mlp_txt.fc1.bias"], sd["encoder_vl.blocks.0.mlp_txt.fc1.bias"])
+    assert torch.equal(state["visual_embed.type_embed"], sd["encoder_vl.type_embed"])
+    assert torch.equal(state["text_embed.token_type_embeddings.weight"], sd["encoder_vl.embeddings.token_type_embeddings.weight"])
+    path = tmp_path / "checkpoint_best.pth"
+    torch.save(ckpt, path, _use_new_zipfile_serialization=False)  # as processor.py:52 writes it, numpy score included
+    cli.main(["eval", "ivt", "--profile", "official", "--checkpoint", str(path), "--data-root", str(smoke_root),
+              "--set", *(f"{k}={v}" for k, v in SMALL_IVT.items())])
+    assert '"R1"' in capsys.readouterr().out
+
+
+def test_ivt_pretraining_checkpoint_starts_fine_tuning_as_the_code_does(tmp_path):
+    """Released pre-training weights: its encoder fills the fine-tuning model by name; position and
+    type tables of the stride-16 grid are skipped at stride 12, as load_pre_checkpoint's try/except."""
+    shapes = ivt_official_shapes(**{**SMALL_IVT_SHAPES, "tokens": 1 + 4 * 2})  # stride 16 at 64x32
+    shapes |= {"encoder_fusion.bert.embeddings.word_embeddings.weight": (30522, 32),
+               "encoder_fusion.cls.predictions.bias": (30522,), "itm.weight": (2, 32), "itm.bias": (2,)}
+    ckpt = {"state_dict": tensors(shapes), "epoch": 30}
+    model = create_model("ivt", "official", **SMALL_IVT, **ivt_convert.BUILD_WITHOUT_INIT)
+    state = ivt_convert.from_pretrain(ckpt, model)
+    assert set(model.state_dict()) - set(state) == {"visual_embed.pos_embed", "visual_embed.type_embed"}
+    path = tmp_path / "pretrain.pth"
+    torch.save(ckpt, path)
+    warm = create_model("ivt", "official", **SMALL_IVT, **{**ivt_convert.BUILD_WITHOUT_INIT, "pretrain": True,
+                                                           "pretrain_checkpoint": str(path)})
+    recipe("ivt").warm_start(warm, [])
+    assert torch.equal(warm.state_dict()["blocks.0.attn.qkv.weight"], ckpt["state_dict"]["encoder_vl.blocks.0.attn.qkv.weight"])
+    with pytest.raises(ValueError, match="unused official keys: encoder_vl.extra"):
+        ckpt["state_dict"]["encoder_vl.extra.weight"] = torch.zeros(1)
+        ivt_convert.from_pretrain(ckpt, model)

@@ -16,12 +16,16 @@ import pickle
 import re
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..config import apply_overrides
 from . import paper_module
 
 SHOWN = 4  # key names quoted in an error before "... (N in all)"
+# numpy scalars (an epoch's score saved as np.float64) unpickle through these; no other class does
+_NUMPY_NUMBERS = [(getattr(np, "_core", None) or np.core).multiarray.scalar, np.dtype,
+                  *{type(np.dtype(t)) for t in (np.float16, np.float32, np.float64, np.int32, np.int64, np.bool_)}]
 
 
 def converter(name: str):
@@ -53,7 +57,8 @@ def read_official(path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_NUMPY_NUMBERS):  # IVT saves its score as a numpy float
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise ValueError(f"checkpoint {path} holds Python objects beyond tensors and numbers, which tbpr does "
                          "not unpickle; re-save its state dicts alone (torch.save({'model': sd}, path))"

@@ -101,7 +101,7 @@ class IVTConfig(ModelConfig):
     bias_lr_factor: float = 2.0
     # "Pre" (Table 4, Sec. 4.1 corpora): start fine-tuning from a pre-trained IVT encoder
     pretrain: bool = True
-    pretrain_checkpoint: str | None = None  # safetensors of a pre-trained IVT encoder
+    pretrain_checkpoint: str | None = None  # safetensors of a pre-trained IVT encoder, or the code's released one
     pretrain_corpus: str | None = None  # CUHK-format root or "synthpedes:<profile>:<seed>"
     pretrain_epochs: int = 120  # not in the paper; the code reuses the fine-tuning solver
     pretrain_batch_size: int = 48

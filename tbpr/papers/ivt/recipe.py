@@ -21,6 +21,8 @@ from ...data.text import caption_word_spans
 from ...engine import fit
 from ...synthpedes import ensure
 from ..base import Recipe
+from ..official import is_pytorch_file, read_official
+from .convert import from_pretrain
 from .model import (IVT, IVTConfig, IVTPretrainer, attribute_phrases, dictionary_key, load_word_dictionary,
                     pretrain_stage_config)
 
@@ -111,9 +113,15 @@ def ensure_pretrained(cfg: IVTConfig) -> Path:
 
 
 def load_pretrained_encoder(model: IVT, path: Path) -> None:
-    """Copy every pre-trained parameter whose name and shape match (as the official code does)."""
+    """Copy every pre-trained parameter whose name and shape match (as the official code does).
+    ``path`` is tbpr's safetensors, or the official code's released pre-training checkpoint
+    (converted by ``convert.from_pretrain``)."""
     own = model.state_dict()
-    loaded = {k: v for k, v in load_file(str(path)).items() if k in own and own[k].shape == v.shape}
+    if is_pytorch_file(path):
+        weights = from_pretrain(read_official(path), model, source=str(path))
+    else:
+        weights = load_file(str(path))
+    loaded = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
     if not loaded:
         raise ValueError(f"IVT: no parameter of {path} matches this config; was it pre-trained with "
                          "the same embed_dim/depth?")
