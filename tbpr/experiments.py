@@ -15,6 +15,7 @@ import os
 import shutil
 import time
 import warnings
+from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ from .data.datasets import build_train_loader
 from .data.formats import load
 from .engine import SELECTED_FILE, distributed_env, fit, load_checkpoint, read_checkpoint, seed_everything
 from .evaluate import QueryScores, check_rerank_k, evaluate
-from .papers import get_config, model_class, official, recipe
+from .papers import comparisons, get_config, model_class, official, recipe
 from .synthpedes import ensure
 
 DATA_PROFILE = {"smoke": "smoke", "quick": "quick", "paper": "large", "official": "large"}
@@ -38,6 +39,32 @@ DATA_PROFILE = {"smoke": "smoke", "quick": "quick", "paper": "large", "official"
 def default_seeds(profile: str) -> list[int]:
     """Seeds a notebook averages over: one at smoke, three otherwise."""
     return [0] if profile == "smoke" else [0, 1, 2]
+
+
+def headline_seeds(profile: str, seeds=None, headline=None) -> list[int]:
+    """Seeds of a paper's headline comparison (its full model against its baseline row): ``headline``,
+    else five (two at smoke); they begin with ``seeds`` (the other rows'), so that every row pairs
+    with the reference seed by seed (``tbpr.stats``)."""
+    seeds = default_seeds(profile) if seeds is None else list(seeds)
+    if headline is not None:
+        headline = list(headline)
+        if headline[:len(seeds)] != seeds:
+            raise ValueError(f"headline_seeds={headline} must begin with seeds={seeds}: the rows pair "
+                             "with the headline rows seed by seed")
+        return headline
+    out, candidate = list(seeds), 0
+    while len(out) < (2 if profile == "smoke" else 5):
+        out += [candidate] if candidate not in out else []
+        candidate += 1
+    return out
+
+
+def seeds_by_row(model: str, table: str, rows, seeds: list[int], headline: list[int]) -> dict[str, list[int]]:
+    """``{label: seeds}`` for the rows of ``table``: the two rows of ``model``'s headline comparison
+    (``tbpr.papers.comparisons``) at ``headline`` seeds, every other row at ``seeds``."""
+    spec = comparisons(model)["headline"]
+    both = {spec.get("full"), spec.get("baseline")} if spec.get("table") == table else set()
+    return {label: list(headline if label in both else seeds) for label in rows}
 
 
 @dataclass
@@ -332,19 +359,20 @@ def _one_per_key(model, profile, rows, todo, kwargs) -> list:
 
 def run_many(model: str, rows: dict[str, dict], seeds=None, profile: str = "quick",
              workers: int | None = None, **kwargs) -> dict[str, list[Result]]:
-    """Every ablation row × seed: ``{row label: [Result per seed]}`` (cached like ``run``).
+    """Every ablation row × seed: ``{row label: [Result per seed]}`` (cached like ``run``);
+    ``seeds`` is one list for all rows or ``{label: list}`` (e.g. ``seeds_by_row``).
 
     Runs missing from the cache train in ``workers`` processes with one CPU core each (a small
     model on one core trains faster than on two, so two runs side by side double the throughput);
     the results do not depend on ``workers``. Progress (``tbpr.progress``): bars named with the
     model and the overall count ("ssan 3/8 runs, epoch 2/8"), or one line per finished run.
     """
-    seeds = default_seeds(profile) if seeds is None else list(seeds)
+    seeds_of = _seeds_of_rows(rows, seeds, profile)
     if workers is None:  # smoke runs take seconds: starting a worker process would cost more
         workers = 1 if profile == "smoke" else default_workers(kwargs.get("device", "cpu"))
     if not kwargs.get("cache", True):
         workers = 1  # parallel runs hand their results over through the cache
-    jobs = [(label, s) for label in rows for s in seeds]
+    jobs = [(label, s) for label in rows for s in seeds_of[label]]
     out: dict[str, dict[int, Result]] = {label: {} for label in rows}
     shown, cached = kwargs.get("progress", True), kwargs.get("cache", True)
     todo = []
@@ -356,7 +384,7 @@ def run_many(model: str, rows: dict[str, dict], seeds=None, profile: str = "quic
             out[label][s] = done
     if not todo:
         progress_mod.line(f"{model}: {len(jobs)}/{len(jobs)} runs from the cache", shown)
-        return {label: [out[label][s] for s in seeds] for label in rows}
+        return {label: [out[label][s] for s in seeds_of[label]] for label in rows}
     todo_jobs, todo = todo, _one_per_key(model, profile, rows, todo, kwargs) if cached else todo
     total, finished = len(jobs) - len(todo_jobs) + len(todo), len(jobs) - len(todo_jobs)
     if finished:
@@ -371,7 +399,7 @@ def run_many(model: str, rows: dict[str, dict], seeds=None, profile: str = "quic
     for label, s in todo_jobs:  # trained once per key, each is now read from the cache
         if s not in out[label]:
             out[label][s] = run(model, profile, rows[label], seed=s, **kwargs)
-    return {label: [out[label][s] for s in seeds] for label in rows}
+    return {label: [out[label][s] for s in seeds_of[label]] for label in rows}
 
 
 def _train_in_pool(model, profile, rows, todo, workers, finished, total, kwargs) -> None:
@@ -397,12 +425,23 @@ def _finished_line(model: str, i: int, total: int, label, seed: int, result: Res
     return f"{model} {i}/{total} runs: {row} seed {seed}, R1 {result.metrics.get('R1', float('nan')):.1f}, {seconds:.0f} s"
 
 
+def _seeds_of_rows(rows, seeds, profile: str) -> dict:
+    """``{label: [seed, ...]}``: ``seeds`` is one list for every row, or ``{label: list}`` (rows
+    not in it take the profile's default seeds)."""
+    if isinstance(seeds, Mapping):
+        return {label: list(seeds.get(label, default_seeds(profile))) for label in rows}
+    return {label: default_seeds(profile) if seeds is None else list(seeds) for label in rows}
+
+
 def run_tables(model: str, tables: dict[str, dict[str, dict]], seeds=None, profile: str = "quick",
                **kwargs) -> dict[str, dict[str, list[Result]]]:
     """``run_many`` over the rows of several tables at once: ``{table: {row label: [Result per
     seed]}}``. One pool trains them all, so no worker idles at the end of each table waiting for
-    the last odd run, and a row that appears in two tables trains once."""
+    the last odd run, and a row that appears in two tables trains once. ``seeds``: one list, or
+    ``{table: {label: list}}`` for rows with seeds of their own (``seeds_by_row``)."""
     flat = {(table, label): overrides for table, rows in tables.items() for label, overrides in rows.items()}
+    if isinstance(seeds, Mapping):
+        seeds = {(table, label): s for table, by_row in seeds.items() for label, s in by_row.items()}
     done = run_many(model, flat, seeds, profile, **kwargs)
     return {table: {label: done[(table, label)] for label in rows} for table, rows in tables.items()}
 

@@ -1,7 +1,7 @@
 """Paired comparisons of two configurations over the same seeds and the same test queries.
 
-A comparison of configuration B against A (an ablation row against its reference row) is the
-difference of their metric, B - A in points, over the same seeds and the same queries, with a 95 %
+A comparison of configuration B against A (a table's reference row against one of its other rows)
+is the difference of their metric, B - A in points, over the same seeds and the same queries, with a 95 %
 interval and a verdict against the paper's own direction. The method was fixed before any real
 verdict was computed, and is not tuned to them:
 
@@ -169,20 +169,21 @@ def compare(a_runs: Sequence, b_runs: Sequence, metric: str = "R1", paper_delta:
                       draws=draws)
 
 
-def paper_difference(paper: Mapping, row: str, reference: str, metric: str = "R1") -> float | None:
-    """The paper's ``row - reference`` of ``metric`` from ``{label: {metric: value}}``; None if
-    either number is missing."""
-    a, b = (paper.get(reference) or {}).get(metric), (paper.get(row) or {}).get(metric)
-    return None if a is None or b is None else round(float(b) - float(a), 6)
+def paper_difference(paper: Mapping, b: str, a: str, metric: str = "R1") -> float | None:
+    """The paper's ``b - a`` of ``metric`` from ``{label: {metric: value}}``; None if either number
+    is missing."""
+    va, vb = (paper.get(a) or {}).get(metric), (paper.get(b) or {}).get(metric)
+    return None if va is None or vb is None else round(float(vb) - float(va), 6)
 
 
 def compare_rows(rows: Mapping[str, Sequence], reference: str, paper: Mapping | None = None,
                  metric: str = "R1") -> dict[str, Comparison]:
-    """Every row of ``rows`` (``{label: [run per seed]}``) but ``reference`` against ``reference``:
-    ``{label: Comparison}`` with the paper's ``label - reference`` from ``paper``."""
+    """The ``reference`` row (the full model, or the paper's chosen setting) against every other row
+    of ``rows`` (``{label: [run per seed]}``): ``{label: Comparison}``, each ``reference - label``
+    beside the paper's own ``reference - label`` from ``paper``."""
     if reference not in rows:
         raise KeyError(f"reference row {reference!r} is not among the rows {list(rows)}")
-    return {label: compare(rows[reference], runs, metric, paper_difference(paper or {}, label, reference, metric))
+    return {label: compare(runs, rows[reference], metric, paper_difference(paper or {}, reference, label, metric))
             for label, runs in rows.items() if label != reference}
 
 

@@ -140,3 +140,24 @@ def test_a_cached_run_without_per_query_values_is_evaluated_again_not_retrained(
     again = _run(root=smoke_root, seed=0)
     assert per_query.exists() and again.metrics == pytest.approx(first.metrics)
     assert again.train_seconds == first.train_seconds
+
+
+def test_headline_seeds_extend_the_rows_seeds_to_five():
+    assert experiments.headline_seeds("quick") == [0, 1, 2, 3, 4]
+    assert experiments.headline_seeds("smoke") == [0, 1]
+    assert experiments.headline_seeds("quick", [2, 7]) == [2, 7, 0, 1, 3]
+    assert experiments.headline_seeds("quick", [0, 1, 2], [0, 1, 2, 9]) == [0, 1, 2, 9]
+    with pytest.raises(ValueError, match="must begin with seeds"):
+        experiments.headline_seeds("quick", [0, 1, 2], [3, 4, 5])
+
+
+def test_the_headline_rows_run_at_their_own_seeds(smoke_root, monkeypatch):
+    monkeypatch.setattr(experiments, "comparisons", lambda model: {
+        "headline": {"table": "t", "full": "dim 16", "baseline": "dim 8"}, "reference": {"t": "dim 16"}})
+    rows = {"dim 16": {}, "dim 8": {"dim": 8}, "dim 4": {"dim": 4}}
+    seeds = experiments.seeds_by_row("toy", "t", rows, [0], [0, 1])
+    assert seeds == {"dim 16": [0, 1], "dim 8": [0, 1], "dim 4": [0]}
+    assert experiments.seeds_by_row("toy", "other table", rows, [0], [0, 1])["dim 16"] == [0]
+    out = experiments.run_tables("toy", {"t": rows}, {"t": seeds}, profile="paper", data_root=smoke_root,
+                                 progress=False)["t"]
+    assert [r.spec["seed"] for r in out["dim 8"]] == [0, 1] and [r.spec["seed"] for r in out["dim 4"]] == [0]

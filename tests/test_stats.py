@@ -87,17 +87,20 @@ def test_verdicts_follow_the_papers_sign():
     assert stats.verdict(0.5, 2.0, 0.0) == stats.NO_DIRECTION
 
 
-def test_rows_are_compared_with_their_reference_and_the_papers_difference():
+def test_the_reference_row_is_compared_with_every_other_row_beside_the_papers_difference():
     rng = np.random.default_rng(6)
-    base, better = simulate(rng, effect=5.0)
-    rows = {"baseline": as_runs(base), "full": as_runs(better)}
+    base, full = simulate(rng, effect=5.0)
+    rows = {"baseline": as_runs(base), "full": as_runs(full)}
     paper = {"baseline": {"R1": 50.0}, "full": {"R1": 55.5}}
-    out = stats.compare_rows(rows, "baseline", paper)
-    assert list(out) == ["full"] and out["full"].paper_delta == pytest.approx(5.5)
-    assert out["full"].verdict == stats.REPRODUCES
+    out = stats.compare_rows(rows, "full", paper)
+    assert list(out) == ["baseline"] and out["baseline"].paper_delta == pytest.approx(5.5)
+    assert out["baseline"].delta == pytest.approx(100 * (full.mean() - base.mean()))
+    assert out["baseline"].verdict == stats.REPRODUCES
     assert stats.count(out.values()) == {stats.REPRODUCES: 1, stats.UNDECIDED: 0, stats.OPPOSITE: 0,
                                          stats.NO_DIRECTION: 0}
-    assert "paper +5.50" in out["full"].describe()
+    assert "paper +5.50" in out["baseline"].describe()
+    with pytest.raises(KeyError, match="reference row"):
+        stats.compare_rows(rows, "missing", paper)
 
 
 def test_runs_pair_by_seed_on_the_shorter_list_and_accept_metrics_dicts():
@@ -125,3 +128,21 @@ def test_records_round_trip_through_json(tmp_path):
                                tmp_path / "verdicts.json")
     (line,) = stats.read_records(path)
     assert line["headline"] and line["verdict"] == comparison.verdict and line["low"] == comparison.low
+
+
+@pytest.mark.parametrize("paper", ["mia", "ssan", "lgur", "ivt", "cada", "irra"])
+def test_every_paper_names_its_headline_and_references_with_the_papers_direction(paper):
+    from tbpr.papers import comparisons, paper_numbers
+    spec = comparisons(paper)
+    headline = spec["headline"]
+    numbers = paper_numbers(paper, headline["table"])
+    assert stats.paper_difference(numbers, headline["full"], headline["baseline"]) > 0
+    assert spec["reference"][headline["table"]] == headline["full"]
+
+
+def test_a_reference_that_is_not_a_row_is_a_one_line_error(monkeypatch):
+    from tbpr import papers
+    presets = {"ablations": {"t": {"a": {}, "b": {}}}, "comparisons": {"reference": {"t": "c"}}}
+    monkeypatch.setattr(papers, "load_presets", lambda name: presets)
+    with pytest.raises(ValueError, match="comparisons: reference: t: 'c' is not a row"):
+        papers.comparisons("x")

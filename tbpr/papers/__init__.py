@@ -111,6 +111,30 @@ def paper_numbers(name: str, table: str) -> dict[str, dict]:
             if isinstance(row, dict) and row.get("paper")}
 
 
+def comparisons(name: str) -> dict:
+    """What the paper's verdicts compare (``comparisons:`` of ``paper.yaml``): ``{"headline": {"table",
+    "full", "baseline"}, "reference": {table: row}}``; every row of a table is compared with the
+    table's reference row, and the headline (the full model against the paper's baseline row) runs
+    at more seeds. Row labels are checked against the tables."""
+    spec = load_presets(name).get("comparisons") or {}
+    tables = load_presets(name).get("ablations", {})
+    headline, reference = spec.get("headline") or {}, spec.get("reference") or {}
+    where = f"tbpr/papers/{name}/paper.yaml: comparisons"
+    for table, row in reference.items():
+        if row not in tables.get(table, {}):
+            raise ValueError(f"{where}: reference: {table}: {row!r} is not a row of ablations: {table}")
+    if headline:
+        rows = tables.get(headline.get("table"), {})
+        for key in ("full", "baseline"):
+            if headline.get(key) not in rows:
+                raise ValueError(f"{where}: headline: {key}: {headline.get(key)!r} is not a row of "
+                                 f"ablations: {headline.get('table')}")
+        if reference.get(headline["table"]) != headline["full"]:
+            raise ValueError(f"{where}: the headline's full row must be the reference of its table "
+                             f"{headline['table']!r}, so its comparison is one of the table's")
+    return {"headline": dict(headline), "reference": dict(reference)}
+
+
 def _row_overrides(row) -> dict:
     """A row is its overrides, optionally with the paper's numbers beside them under ``paper:``."""
     return {k: v for k, v in (row or {}).items() if k != "paper"}
@@ -142,6 +166,6 @@ def create_model(name: str, profile: str = "quick", *, device: str | torch.devic
     return model.to(device) if device is not None else model
 
 
-__all__ = ["MODEL_NAMES", "Recipe", "TBPRModel", "ablation_rows", "available_models",
+__all__ = ["MODEL_NAMES", "Recipe", "TBPRModel", "ablation_rows", "available_models", "comparisons",
            "count_parameters", "create_model", "get_config", "model_class", "paper_numbers",
            "parameter_table", "preset", "profile_diff", "profile_reasons", "recipe"]
