@@ -193,12 +193,26 @@ def count(verdicts) -> dict[str, int]:
     return {name: names.count(name) for name in VERDICTS}
 
 
-# --------------------------------------------------------------------------- records for the summary
+# --------------------------------------------------------------------------- records, tables, sentences
 def record(paper: str, table: str, row: str, reference: str, comparison: Comparison, *,
            headline: bool = False) -> dict:
-    """One line of a paper's ``verdicts.json``: which rows, the comparison, whether it is the headline."""
+    """One verdict of a paper's ``verdicts.json``: the reference row against ``row`` of ``table``,
+    the comparison, and whether it is the paper's headline."""
     return {"paper": paper, "table": table, "row": row, "reference": reference, "headline": headline,
             **asdict(comparison)}
+
+
+def table_verdicts(paper: str, table: str, rows: Mapping[str, Sequence], reference: str,
+                   paper_numbers: Mapping | None, headline: Mapping | None = None,
+                   metric: str = "R1") -> list[dict]:
+    """The records of one table: ``reference`` against each other row of ``rows`` (``{label: [run
+    per seed]}``); the comparison with the headline's baseline row is marked ``headline``."""
+    headline = headline or {}
+    out = compare_rows(rows, reference, paper_numbers, metric)
+    return [record(paper, table, label, reference, comparison,
+                   headline=headline.get("table") == table and headline.get("baseline") == label
+                   and headline.get("full") == reference)
+            for label, comparison in out.items()]
 
 
 def write_records(records: list[dict], path) -> Path:
@@ -215,6 +229,61 @@ def read_records(path) -> list[dict]:
 
 def method_note() -> str:
     """One sentence on how the intervals were computed, for tables and conclusions."""
-    return (f"95 % interval of B - A from a paired bootstrap over seeds and queries ({DRAWS} draws, "
-            f"bootstrap seed {BOOTSTRAP_SEED}); reproduces / opposite = the interval lies on the paper's / "
-            "the other side of 0, undecided = it contains 0")
+    return (f"Ours: the reference row minus the row, {LEVEL:.0%} interval from a paired bootstrap over "
+            f"seeds and test queries ({DRAWS} draws, bootstrap seed {BOOTSTRAP_SEED}); reproduces / "
+            "opposite = the interval lies on the paper's / the other side of 0, undecided = it contains 0.")
+
+
+def _signed(value, decimals: int = 2) -> str:
+    return "–" if value is None else f"{value:+.{decimals}f}"
+
+
+def display_rows(records: Sequence[Mapping], *, paper_column: bool = False) -> list[dict]:
+    """Records as table lines: the comparison, the paper's delta, ours with its interval, seeds,
+    verdict (the headline marked ★)."""
+    lines = []
+    for r in records:
+        line = {"paper": r["paper"]} if paper_column else {}
+        line.update({"table": r["table"], "comparison": f"{r['reference']} vs {r['row']}" + (" ★" if r["headline"] else ""),
+                     f"paper Δ{r['metric']}": _signed(r["paper_delta"]),
+                     f"ours Δ{r['metric']} [95 % CI]": f"{r['delta']:+.2f} [{r['low']:+.2f}, {r['high']:+.2f}]",
+                     "seeds": r["seeds"], "verdict": r["verdict"]})
+        lines.append(line)
+    return lines
+
+
+def markdown(records: Sequence[Mapping], *, paper_column: bool = False) -> str:
+    """A GitHub Markdown table of ``display_rows``."""
+    lines = display_rows(records, paper_column=paper_column)
+    if not lines:
+        return ""
+    header = list(lines[0])
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(line[k]).replace("|", "\\|") for k in header) + " |" for line in lines]
+    return "\n".join(out) + "\n"
+
+
+def counts_text(records: Sequence[Mapping]) -> str:
+    """``"4 reproduce, 3 undecided, 1 opposite (2 rows without a paper direction)"``."""
+    n = count(r["verdict"] for r in records)
+    text = f"{n[REPRODUCES]} reproduce, {n[UNDECIDED]} undecided, {n[OPPOSITE]} opposite"
+    return text + (f" ({n[NO_DIRECTION]} rows without a paper direction)" if n[NO_DIRECTION] else "")
+
+
+def conclusion_lines(records: Sequence[Mapping]) -> list[str]:
+    """Markdown bullets from the verdicts alone: the headline, the counts, then the rows that went
+    the other way and those left undecided."""
+    lines = []
+    for r in (r for r in records if r["headline"]):
+        lines.append(f"- Headline ({r['table']}): {r['reference']} vs {r['row']}: {r['metric']} "
+                     f"{r['delta']:+.2f} [{r['low']:+.2f}, {r['high']:+.2f}] over {r['seeds']} seeds "
+                     f"(paper {_signed(r['paper_delta'])}) — **{r['verdict']}**.")
+    lines.append(f"- Every ablation row against its table's reference: {counts_text(records)}.")
+    for kind in (OPPOSITE, UNDECIDED):
+        rows = [r for r in records if r["verdict"] == kind and not r["headline"]]
+        if rows:
+            listed = "; ".join(f"{r['table']}: {r['reference']} vs {r['row']} {r['delta']:+.1f} "
+                               f"[{r['low']:+.1f}, {r['high']:+.1f}] (paper {_signed(r['paper_delta'])})"
+                               for r in rows)
+            lines.append(f"- {kind.capitalize()}: {listed}.")
+    return lines

@@ -121,13 +121,33 @@ def test_runs_of_another_split_or_without_values_are_refused():
         stats.compare(as_runs(a), as_runs(b), "mAP")
 
 
-def test_records_round_trip_through_json(tmp_path):
-    a, b = simulate(np.random.default_rng(9), effect=3.0)
-    comparison = decide(a, b)
-    path = stats.write_records([stats.record("ssan", "table2", "SSAN", "Baseline", comparison, headline=True)],
-                               tmp_path / "verdicts.json")
-    (line,) = stats.read_records(path)
-    assert line["headline"] and line["verdict"] == comparison.verdict and line["low"] == comparison.low
+def fake_table():
+    rng = np.random.default_rng(9)
+    base, full = simulate(rng, effect=6.0, seeds=5)
+    _, half = simulate(rng, effect=0.0, seeds=3)
+    rows = {"Baseline": as_runs(base), "+X": as_runs(half), "Full": as_runs(full)}
+    paper = {"Baseline": {"R1": 50.0}, "+X": {"R1": 52.0}, "Full": {"R1": 55.0}}
+    headline = {"table": "t2", "full": "Full", "baseline": "Baseline"}
+    return stats.table_verdicts("ssan", "t2", rows, "Full", paper, headline)
+
+
+def test_a_tables_verdicts_mark_the_headline_and_round_trip_through_json(tmp_path):
+    records = fake_table()
+    assert [(r["row"], r["headline"], r["seeds"]) for r in records] == [("Baseline", True, 5), ("+X", False, 3)]
+    assert records[0]["verdict"] == stats.REPRODUCES and records[0]["paper_delta"] == pytest.approx(5.0)
+    path = stats.write_records(records, tmp_path / "verdicts.json")
+    assert stats.read_records(path) == records
+
+
+def test_verdict_tables_and_sentences_come_from_the_records():
+    records = fake_table()
+    table = stats.markdown(records, paper_column=True)
+    assert table.splitlines()[0].startswith("| paper | table | comparison | paper ΔR1 | ours ΔR1 [95 % CI]")
+    assert "| ssan | t2 | Full vs Baseline ★ | +5.00 |" in table
+    lines = stats.conclusion_lines(records)
+    assert lines[0].startswith("- Headline (t2): Full vs Baseline: R1 +") and "**reproduces**" in lines[0]
+    assert stats.counts_text(records) in lines[1]
+    assert all(r["verdict"] in stats.VERDICTS for r in records)
 
 
 @pytest.mark.parametrize("paper", ["mia", "ssan", "lgur", "ivt", "cada", "irra"])
