@@ -124,3 +124,26 @@ def test_versus_chance_separates_far_above_binomially_above_and_indistinguishabl
     assert versus_chance(3.1, 1.0, 714).startswith("above chance (3.1×, 6 binomial standard errors)")
     assert versus_chance(1.5, 1.0, 714) == "not distinguishable from chance"
     assert versus_chance(1.5, 1.0, 100_000).startswith("above chance")
+
+
+def test_a_papers_verdict_table_compares_each_row_with_the_reference_and_is_saved(tmp_path):
+    from tbpr import stats
+    from tbpr.evaluate import QueryScores
+    from tbpr.viz import verdicts
+
+    rng = np.random.default_rng(0)
+
+    def runs(p, seeds):
+        return [QueryScores(np.arange(2000), {"R1": (rng.random(2000) < p).astype(np.uint8)}, "s")
+                for _ in range(seeds)]
+
+    rows = {"1 ITC (CLIP fine-tuned)": runs(0.10, 5), "2 SDM": runs(0.12, 3), "6 IRRA (SDM + IRR + ID)": runs(0.20, 5)}
+    df, records = verdicts("irra", {"losses": rows}, tmp_path)
+    headline, sdm = records
+    assert headline["headline"] and headline["verdict"] == stats.REPRODUCES and headline["seeds"] == 5
+    assert headline["paper_delta"] == pytest.approx(73.38 - 68.19)
+    assert sdm["verdict"] == stats.NO_DIRECTION and sdm["seeds"] == 3  # README gives no number for SDM alone
+    assert "6 IRRA (SDM + IRR + ID) vs 1 ITC (CLIP fine-tuned) ★" in df.index
+    assert stats.read_records(tmp_path / "verdicts.json") == records and (tmp_path / "verdicts.md").exists()
+    with pytest.raises(KeyError, match="comparisons: reference has no row for table 'nope'"):
+        verdicts("irra", {"nope": rows})

@@ -1,10 +1,14 @@
-"""Ablation tables: ours (mean ± std over seeds) beside the paper's numbers, saved as CSV + Markdown."""
+"""Ablation tables: ours (mean ± std over seeds) beside the paper's numbers, saved as CSV + Markdown;
+the verdict table of a paper's ablations (``verdicts``, from ``tbpr.stats``)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from .. import stats
+from ..papers import comparisons, paper_numbers
 
 METRICS = ("R1", "R5", "R10", "mAP", "mINP")
 MISSING = "-"  # as in the papers' tables: not reported
@@ -86,3 +90,24 @@ def versus_chance(r1: float, chance: float, num_queries: int, far: float = 5.0) 
     if r1 - chance > 2 * se:
         return f"above chance ({times:.1f}×, {(r1 - chance) / se:.0f} binomial standard errors) but under {far:g}× it"
     return "not distinguishable from chance"
+
+
+def verdicts(paper: str, tables: dict, out_dir=None, metric: str = "R1") -> tuple[pd.DataFrame, list[dict]]:
+    """Every row of each table against the table's reference row (``tbpr.papers.comparisons``), with
+    the paper's own difference, ours with its paired-bootstrap interval and the verdict
+    (``tbpr.stats``). ``tables = {table: {label: [run per seed]}}`` (runs: results, or metrics with
+    ``per_query``). Returns the table and the records; ``out_dir`` gets ``verdicts.json`` (read by
+    ``tbpr summary``) and ``verdicts.csv`` / ``.md``."""
+    spec = comparisons(paper)
+    records = []
+    for table, rows in tables.items():
+        if table not in spec["reference"]:
+            raise KeyError(f"tbpr/papers/{paper}/paper.yaml: comparisons: reference has no row for "
+                           f"table {table!r}; add `{table}: <the row the others are compared with>`")
+        records += stats.table_verdicts(paper, table, rows, spec["reference"][table],
+                                        paper_numbers(paper, table), spec["headline"], metric)
+    df = pd.DataFrame(stats.display_rows(records)).set_index("comparison") if records else pd.DataFrame()
+    if out_dir is not None:
+        stats.write_records(records, Path(out_dir) / "verdicts.json")
+        save_table(df, Path(out_dir) / "verdicts")
+    return df, records
