@@ -11,6 +11,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from tbpr import cli
 from tbpr.experiments import load_trained
@@ -178,6 +179,12 @@ def test_a_file_of_another_kind_is_refused_in_one_line(tmp_path):
     with pytest.raises(ValueError, match="neither a tbpr model.safetensors nor the official ssan"):
         load_trained("ssan", get_config("ssan", "official"), path)
     assert official.is_pytorch_file(path) and not official.is_pytorch_file(tmp_path / "missing.pth")
+    legacy = tmp_path / "legacy.pth"
+    torch.save({"w": torch.zeros(1)}, legacy, _use_new_zipfile_serialization=False)  # a pickle: 0x80 first
+    assert official.is_pytorch_file(legacy)
+    safetensors = tmp_path / "model.safetensors"  # its header is 128 bytes long: the file starts with 0x80
+    save_file({"w": torch.zeros(1)}, str(safetensors), metadata={"pad": "x" * 41})
+    assert safetensors.read_bytes()[:1] == b"\x80" and not official.is_pytorch_file(safetensors)
     with pytest.raises(ValueError, match="no converter"):
         official.converter("mia")
 

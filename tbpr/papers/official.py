@@ -46,8 +46,10 @@ def is_pytorch_file(path) -> bool:
     if not path.is_file():
         return False
     with path.open("rb") as f:
-        head = f.read(4)
-    return head == b"PK\x03\x04" or head[:1] == b"\x80"
+        head = f.read(9)
+    if head[8:9] == b"{":  # safetensors: an 8-byte header length (its first byte may be 0x80), then JSON
+        return False
+    return head[:4] == b"PK\x03\x04" or head[:1] == b"\x80"
 
 
 def read_official(path) -> dict:
