@@ -1,4 +1,4 @@
-"""The ``tbpr`` command line: synth, train, eval, ship, bench, reproduce, summary, params, diff."""
+"""The ``tbpr`` command line: synth, train, eval, ship, search, bench, reproduce, summary, params, diff."""
 from __future__ import annotations
 
 import argparse
@@ -51,6 +51,50 @@ def cmd_eval(args) -> None:
     metrics = evaluate(model.to(args.device), records[args.split], model.cfg.data,
                        device=args.device, rerank_k=_rerank_k(args, cfg))
     return json.dumps(metrics, indent=1)
+
+
+def cmd_search(args) -> str:
+    from .explorer import Explorer  # here, not at the top: matplotlib + ipywidgets, 1.5 s, only search draws
+    from .viz import save_figure
+
+    if args.top < 1:
+        raise ValueError(f"--top {args.top}: give a whole number >= 1")
+    name, model, source, metrics = _search_model(args)
+    print(f"tbpr search: {name} from the {source}")
+    explorer = Explorer({name: model}, images=args.images, metrics={name: metrics})
+    for path, why in explorer.skipped:
+        print(f"tbpr search: skipped {path}: cannot read it as an image ({why})")
+    index, scores = explorer.search(name, args.query, args.top)
+    answer = {"query": args.query, "model": name, "source": source, "images": str(explorer.folder),
+              "searched": len(explorer.eval_set.image_paths), "skipped": [str(p) for p, _ in explorer.skipped],
+              "ranking": [{"rank": r + 1, "image": str(explorer.eval_set.image_paths[i]), "score": round(s, 4)}
+                          for r, (i, s) in enumerate(zip(index.tolist(), scores.tolist()))]}
+    if args.out:
+        fig = explorer.words_figure(name, args.query, args.top, words=args.words)
+        answer.update(grid=str(save_figure(fig, args.out)), words=explorer.last["words"], no_map=explorer.last["no_map"])
+    return json.dumps(answer, indent=1)
+
+
+def _search_model(args):
+    """(name, model, where it came from, its metrics): --checkpoint, else the run cache's or the
+    shipped model of --model (default: the shipped model with the best recorded R@1)."""
+    if args.checkpoint:
+        model = shipped.load_checkpoint_model(args.checkpoint, args.device)
+        if args.model and args.model != model.name:
+            raise ValueError(f"--checkpoint {args.checkpoint} holds a {model.name} model, not {args.model}; "
+                             "drop --model or give a checkpoint of it")
+        return model.name, model, f"checkpoint {args.checkpoint}", {}
+    name = args.model or _best_shipped()
+    model, source, metrics = shipped.trained(name, args.profile, parse_overrides(args.set), device=args.device)
+    return name, model, source, metrics
+
+
+def _best_shipped() -> str:
+    ranked = sorted(shipped.available(), key=lambda n: -shipped.manifest(n)["metrics"]["R1"])
+    if not ranked:
+        raise ValueError("no model is shipped yet (tbpr/shipped/): give --model NAME (trained with "
+                         "`tbpr train NAME`) or --checkpoint PATH, or make them with `tbpr ship all`")
+    return ranked[0]
 
 
 def cmd_ship(args) -> str:
@@ -143,6 +187,26 @@ def build_parser() -> argparse.ArgumentParser:
                    "(processed_data/ind2word.pkl)")
     p.add_argument("--split", default="test", choices=["val", "test"])
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("search", help="rank a folder of your own pedestrian images for a description and draw "
+                                      "the top images with the word maps: tbpr search \"a woman in a red jacket\" "
+                                      "--images DIR --out grid.png")
+    p.add_argument("query", help="the description, in quotes")
+    p.add_argument("--images", required=True, help="folder of images (jpg, png, ...; unreadable ones are named "
+                                                    "and skipped)")
+    p.add_argument("--model", choices=MODEL_NAMES, default=None,
+                   help="the paper's model: its run in the cache, else the shipped one (default: the shipped "
+                        "model with the best recorded R@1)")
+    p.add_argument("--checkpoint", default=None, help="a model.safetensors to use instead")
+    p.add_argument("--profile", default="quick", choices=PROFILES)
+    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="config overrides of the cached run to use")
+    p.add_argument("--top", type=int, default=10, help="how many images to rank (default 10)")
+    p.add_argument("--out", default=None, help="PNG grid: the top images, then one row of maps per word")
+    p.add_argument("--words", nargs="*", default=None,
+                   help="words / phrases to map (default: the query's words the model explains, "
+                        "without articles, prepositions and pronouns)")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("ship", help="copy the quick full model (seed 0, trained if not cached) of a paper into "
                                     "tbpr/shipped/ with its manifest: tbpr ship ssan | all")

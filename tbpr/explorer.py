@@ -27,12 +27,15 @@ A configuration without the module its paper's map reads (e.g. SSAN without PFL)
 model-agnostic *word-ablation saliency*: for word w, the gradient with respect to the image of
 ``s(caption) - s(caption without w)``, times the image.
 
-    explorer = Explorer.from_runs("quick")          # the trained runs in the cache (train=True: train them)
+    explorer = Explorer.from_runs("quick")          # the run cache, else the shipped models (train=True: train the rest)
     explorer = Explorer.from_folder("checkpoints")  # or <name>/model.safetensors (+ metrics.json) in a folder
     explorer = Explorer.from_checkpoints({"ssan": "runs/ssan/model.safetensors"})
+    explorer = Explorer.from_runs("quick", images="my_photos")  # your own images as the gallery
+    explorer.use_images("other_photos")   # or None: the test split again (the widget's "images" box)
     explorer.widget()          # in JupyterLab: search on Enter, one model or all side by side, click to enlarge
     explorer.figure("ssan", "a man in a red jacket and black shorts", word="red")  # headless
     explorer.compare_figure("a man in a red jacket", word="jacket")                # every model
+    explorer.words_figure("ssan", "a man in a red jacket", k=10)  # top-10, a row of maps per word (tbpr search)
 """
 from __future__ import annotations
 
@@ -56,6 +59,8 @@ import ipywidgets as w
 
 from . import experiments, shipped
 from .data.datasets import EvalSet, load_eval_images
+from .data.formats import Record
+from .data.transforms import decode_image
 from .data.text import Vocabulary, caption_word_spans, word_tokenize
 from .engine import read_checkpoint
 from .evaluate import concat_features, score_features
@@ -163,6 +168,32 @@ def _in_caption(word: str, caption: str) -> bool:
     return bool(key) and f" {key} " in f" {_norm(caption)} "
 
 
+# ----------------------------------------------------------------------------- your own images
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+
+
+def read_image_folder(folder) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The image files of ``folder`` (by suffix, sorted, not its subfolders) that decode, and those
+    that do not with the reason; other files are not images and are left alone."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise NotADirectoryError(f"images={str(folder)!r} is not a folder; give the folder holding your "
+                                 f"pedestrian images ({', '.join(IMAGE_SUFFIXES)})")
+    readable, skipped = [], []
+    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
+        try:
+            decode_image(path)  # a full decode: a truncated file passes PIL's verify()
+        except Exception as err:  # PIL raises many kinds (OSError, SyntaxError, DecompressionBombError)
+            reason = str(err).splitlines()[0] if str(err) else ""
+            skipped.append((path, f"{type(err).__name__}: {reason}" if reason else type(err).__name__))
+        else:
+            readable.append(path)
+    if not readable:
+        raise FileNotFoundError(f"{folder}: no readable image ({', '.join(IMAGE_SUFFIXES)})"
+                                + (f"; {len(skipped)} could not be read" if skipped else ""))
+    return readable, skipped
+
+
 # ----------------------------------------------------------------------------- maps on images
 def _heat(exp: dict, word: str, size) -> torch.Tensor | None:
     """The map of ``word`` upsampled to the image (stripes with hard edges), raw values; None when
@@ -214,6 +245,10 @@ def _colourbar(fig, cax, norm, label):
 
 
 MATCH = {None: "black", True: "#2ca02c", False: "#d62728"}
+# left out of a grid's default words: they say little about a person's look
+FUNCTION_WORDS = frozenset("a an the in on of at to for by from with and or but is are was be been being "
+                           "has have had his her hers its it he she they their them this that these those "
+                           "who which while".split())
 
 
 # ----------------------------------------------------------------------------- the explorer
@@ -227,26 +262,60 @@ class Explorer:
     TILE = 2.3    # inches: the height of one result tile
     DPI = 90      # of the widget's images (ids and scores at 9 pt stay readable)
 
-    def __init__(self, models: dict, records, batch_size: int = 64, metrics: dict | None = None):
+    def __init__(self, models: dict, records=None, batch_size: int = 64, metrics: dict | None = None,
+                 images=None):
+        """``records``: the split whose images are the gallery (its captions are the example queries);
+        ``images``: a folder of your own images searched instead (``use_images``)."""
+        if records is None and images is None:
+            raise ValueError("Explorer needs a gallery: records (a split) or images= (a folder of images)")
         self.models = {name: m.eval() for name, m in models.items()}
-        self.eval_set = EvalSet(records)
         self.batch_size = batch_size
         self.metrics = {name: dict(m) for name, m in (metrics or {}).items() if m}
-        self._gallery: dict[str, tuple] = {}
+        self._split = list(records or [])
         self._explained: OrderedDict = OrderedDict()  # (model, caption, image index) -> explanation
         self._ranked: OrderedDict = OrderedDict()     # (model, caption) -> (scores, order, ranks)
-        self._pid_of = dict(zip(self.eval_set.captions, (int(p) for p in self.eval_set.caption_pids)))
         self.last: dict = {}  # what the latest figure showed (the widget's state, for tests)
         self.sources: dict[str, str] = {}  # where each model came from (from_runs: run cache / shipped)
         self.searches = self.redraws = 0  # the widget's counters: rankings asked for, figures drawn
+        self.use_images(images)
+
+    def use_images(self, images=None) -> list[tuple[Path, str]]:
+        """Search the image files in folder ``images`` (your own pedestrian photos; resized to each
+        model's input) instead of the split, or the split again with None. Returns the files that
+        could not be read, with why; they are skipped (also kept in ``skipped``)."""
+        if images is None:
+            if not self._split:
+                raise ValueError("no split to go back to: this explorer was made for a folder of images")
+            records, self.skipped, self.folder = self._split, [], None
+        else:
+            paths, self.skipped = read_image_folder(images)
+            records, self.folder = [Record(-1, p, [], p.name, -1) for p in paths], Path(images)
+        self.eval_set = EvalSet(records)
+        self._pid_of = dict(zip(self.eval_set.captions, (int(p) for p in self.eval_set.caption_pids)))
+        self._gallery: dict[str, tuple] = {}
+        self._explained.clear()
+        self._ranked.clear()
+        return self.skipped
+
+    @property
+    def example_captions(self) -> list[str]:
+        """The split's captions, each once (queries whose person is known), also while a folder is searched."""
+        return list(dict.fromkeys(c for r in self._split for c in r.captions))
+
+    def label(self, index: int) -> str:
+        """How gallery image ``index`` is named in titles: its person id, or its file name."""
+        if self.folder is not None:
+            return textwrap.shorten(Path(self.eval_set.image_paths[index]).name, 22, placeholder="…")
+        return f"id {int(self.eval_set.image_pids[index])}"
 
     # -- where models come from
     @classmethod
     def from_checkpoints(cls, checkpoints: dict, dataset: str = "synthpedes", data_root=None,
                          profile: str = "quick", split: str = "test", device: str = "cpu",
-                         metrics: dict | None = None) -> "Explorer":
+                         metrics: dict | None = None, images=None) -> "Explorer":
         """Models rebuilt from tbpr checkpoints ``{name: model.safetensors or its run folder}``
-        (each with the vocabulary saved in it); ``split`` of the dataset is the gallery. A model's
+        (each with the vocabulary saved in it); ``split`` of the dataset is the gallery, or the folder
+        ``images``. A model's
         metrics come from ``metrics`` or else from the ``result.json`` / ``metrics.json`` beside its
         checkpoint (a run folder of the cache holds the first)."""
         root = experiments.resolve_data_root(dataset, data_root, profile)
@@ -258,7 +327,7 @@ class Explorer:
             cfg = experiments.get_config(meta["model"], "paper", meta["config"])
             models[name] = experiments.load_trained(meta["model"], cfg, path).to(device)
             found.setdefault(name, _metrics_beside(path))
-        return cls(models, records[split], metrics=found)
+        return cls(models, records[split], metrics=found, images=images)
 
     @classmethod
     def from_folder(cls, folder, models=None, **kwargs) -> "Explorer":
@@ -275,12 +344,12 @@ class Explorer:
     @classmethod
     def from_runs(cls, profile: str = "quick", models=None, *, dataset: str = "synthpedes",
                   data_root=None, device: str = "cpu", train: bool = False, fallback=None,
-                  progress: bool = True) -> "Explorer":
+                  progress: bool = True, images=None) -> "Explorer":
         """The full configuration of each model at ``profile`` (seed 0): its run in the cache, else
         ``<name>/model.safetensors`` or ``<name>.safetensors`` in ``fallback`` (a folder of
         checkpoints), else the shipped model of that config (``tbpr.shipped``), else trained now when
         ``train``. Models found nowhere are left out, named in a warning; ``sources`` says where each
-        came from."""
+        came from. ``images``: a folder of your own images as the gallery."""
         checkpoints, metrics, sources, missing = {}, {}, {}, []
         for name in models or MODEL_NAMES:
             result = experiments.run(name, profile, dataset=dataset, data_root=data_root, device=device,
@@ -308,7 +377,7 @@ class Explorer:
         if not checkpoints:
             raise FileNotFoundError(f"no trained model at profile {profile!r} to explore")
         explorer = cls.from_checkpoints(checkpoints, dataset=dataset, data_root=data_root, profile=profile,
-                                        device=device, metrics=metrics)
+                                        device=device, metrics=metrics, images=images)
         explorer.sources = sources
         return explorer
 
@@ -357,8 +426,11 @@ class Explorer:
                 for i in (self.eval_set.image_pids == pid).nonzero().flatten().tolist()]
         return sorted(rows, key=lambda r: r["rank"])
 
-    def r1(self, name: str) -> float:
-        """R@1 (%) of model ``name`` on this gallery: from ``metrics``, else computed once."""
+    def r1(self, name: str) -> float | None:
+        """R@1 (%) of model ``name`` on the split: from ``metrics``, else computed once on the split's
+        gallery; None when unknown while a folder of images is the gallery (no captions to score)."""
+        if "R1" not in self.metrics.get(name, {}) and self.folder is not None:
+            return None
         if "R1" not in self.metrics.get(name, {}):
             model, (_, feats) = self.models[name], self.gallery(name)
             captions = self.eval_set.captions
@@ -429,11 +501,11 @@ class Explorer:
             gallery_pid = int(self.eval_set.image_pids[i])
             match = None if pid is None else gallery_pid == pid
             heat = heats.get(i)
-            _tile(ax, images[i], heat, norm, model.cfg.data, f"#{r + 1} · id {gallery_pid}\n{s:.3f}",
+            _tile(ax, images[i], heat, norm, model.cfg.data, f"#{r + 1} · {self.label(i)}\n{s:.3f}",
                   MATCH[match], exps[i].get("mask") if word else None)
             maps += heat is not None
-            shown.append({"index": i, "pid": gallery_pid, "score": s, "match": match, "rank": r + 1,
-                          "map": None if heat is None else tuple(heat.shape)})
+            shown.append({"index": i, "pid": gallery_pid, "label": self.label(i), "score": s, "match": match,
+                          "rank": r + 1, "map": None if heat is None else tuple(heat.shape)})
         if truth:
             for j, t in enumerate(truth[:cols]):
                 ax = fig.add_subplot(grid[rows - 1, j])
@@ -493,7 +565,7 @@ class Explorer:
             head.set_axis_off()
             r1 = self.r1(name)
             note = "" if truth is None else ("\n" + (f"true: rank {truth[0]['rank']}" if truth else "true: not in gallery"))
-            head.text(1, 0.5, f"{name}\nR@1 {r1:.1f} %{note}", ha="right", va="center", fontsize=10,
+            head.text(1, 0.5, f"{name}\n{_r1_text(r1)}{note}", ha="right", va="center", fontsize=10,
                       transform=head.transAxes)
             shown = []
             for r, (i, s) in enumerate(zip(*found[name])):
@@ -501,9 +573,9 @@ class Explorer:
                 gallery_pid = int(self.eval_set.image_pids[i])
                 match = None if pid is None else gallery_pid == pid
                 _tile(ax, images[i], heats.get((name, i)), norm, model.cfg.data,
-                      f"#{r + 1} · id {gallery_pid}\n{s:.3f}", MATCH[match],
+                      f"#{r + 1} · {self.label(i)}\n{s:.3f}", MATCH[match],
                       exps[name, i].get("mask") if word else None)
-                shown.append({"index": i, "pid": gallery_pid, "score": s, "match": match, "rank": r + 1,
+                shown.append({"index": i, "pid": gallery_pid, "label": self.label(i), "score": s, "match": match, "rank": r + 1,
                               "map": None if heats.get((name, i)) is None else tuple(heats[name, i].shape)})
             rows[name] = {"R1": r1, "results": shown, "truth": truth}
         if word and any(h is not None for h in heats.values()):
@@ -544,7 +616,7 @@ class Explorer:
             _colourbar(fig, axes[2], norm, scale)
         else:
             axes[2].set_axis_off()
-        title = f"{name} · id {gallery_pid} · rank {int(ranks[index]) + 1} · score {float(self._ranking(name, caption)[0][index]):.3f}"
+        title = f"{name} · {self.label(index)} · rank {int(ranks[index]) + 1} · score {float(self._ranking(name, caption)[0][index]):.3f}"
         if exp:
             title += "\n" + _map_line(exp, word, exp["kind"], 60)
         fig.suptitle(title, fontsize=9)
@@ -553,12 +625,57 @@ class Explorer:
                                  "scale": scale if heat is not None else None}
         return fig
 
+    def query_words(self, name: str, caption: str) -> list[str]:
+        """The words / phrases of ``caption`` that model ``name`` explains, without function words
+        (articles, prepositions, pronouns, forms of be / have) and without MIA's whole-sentence map."""
+        return [w for w in word_choices(self.tokens(name, caption))
+                if w != SENTENCE and not set(w.split()) <= FUNCTION_WORDS]
+
+    def words_figure(self, name: str, caption: str, k: int = 10, words=None):
+        """The top-k images of ``caption`` in one row (rank, file or id, score), then one row per word
+        (default ``query_words``) with model ``name``'s map of it on each image, stretched per image.
+        Words the model has no map for get no row; ``self.last["no_map"]`` names them."""
+        model, (images, _) = self.models[name], self.gallery(name)
+        index, scores = self.search(name, caption, k)
+        index, scores = index.tolist(), scores.tolist()
+        words = list(dict.fromkeys(words or self.query_words(name, caption)))
+        exps = {i: self.explain(name, caption, i) for i in index}
+        rows, no_map = {}, []
+        for word in words:
+            heats = {i: _heat(exps[i], word, images.shape[-2:]) for i in index}
+            if all(h is None for h in heats.values()):
+                no_map.append(word)
+            else:
+                rows[word] = _scaled(heats, False)[0]
+        tile_h = self.TILE * 0.75
+        tile_w = max(tile_h * max(images.shape[-1] / images.shape[-2], 0.5) + 0.15, 1.3)  # 16-character names fit
+        fig, axes = plt.subplots(1 + len(rows), len(index), squeeze=False, layout="constrained",
+                                 figsize=(tile_w * len(index) + 0.9, tile_h * (1 + len(rows)) + 0.9))
+        for c, (i, s) in enumerate(zip(index, scores)):
+            _tile(axes[0, c], images[i], None, None, model.cfg.data,
+                  f"#{c + 1} · {s:.3f}\n{textwrap.shorten(self.label(i), 16, placeholder='…')}")
+            for r, heats in enumerate(rows.values(), start=1):
+                _tile(axes[r, c], images[i], heats[i], Normalize(0, 1), model.cfg.data, mask=exps[i].get("mask"))
+        axes[0, 0].set_ylabel("image", fontsize=9)
+        for r, word in enumerate(rows, start=1):
+            axes[r, 0].set_ylabel(textwrap.fill(word, 14), fontsize=9)
+        kind = exps[index[0]]["kind"]
+        title = f"{name}: “{textwrap.shorten(caption, int(14 * fig.get_figwidth()))}”"
+        if rows:
+            title += f"\n{textwrap.shorten(kind, int(14 * fig.get_figwidth()))}; each map stretched to its image's range"
+        fig.suptitle(title, fontsize=9)
+        self.last = {"view": "words", "model": name, "caption": caption, "kind": kind, "words": list(rows),
+                     "no_map": no_map, "results": [{"index": i, "label": self.label(i), "score": s, "rank": c + 1,
+                                                    "path": str(self.eval_set.image_paths[i])}
+                                                   for c, (i, s) in enumerate(zip(index, scores))]}
+        return fig
+
     # -- the widget
     def widget(self, k: int = 5):
         """An ipywidgets panel. Search on Enter in the query box or with the button (or by picking a
         test caption); the view shows one model (results clickable: ``enlarge``) or all models side by
         side. ``self.controls`` holds the inputs, ``self.panels`` the outputs, ``self.last`` the state."""
-        captions = list(dict.fromkeys(self.eval_set.captions))[:200]
+        captions = self.example_captions[:200]
         names = list(self.models)
         wide = w.Layout(width="95%")
         c = self.controls = {
@@ -566,13 +683,16 @@ class Explorer:
             "view": w.ToggleButtons(options=[("one model", "one"), ("all models", "all")], value="one",
                                     description="view", style={"button_width": "90px"}),
             "example": w.Dropdown(options=captions, description="test caption", layout=wide),
-            "query": w.Text(value=captions[0], description="query", continuous_update=False,
+            "query": w.Text(value=captions[0] if captions else "a woman in a red jacket", description="query", continuous_update=False,
                             placeholder="describe a person, then press Enter", layout=w.Layout(width="80%")),
             "search": w.Button(description="search", button_style="primary", icon="search"),
             "k": w.IntSlider(value=k, min=1, max=10, description="top-k", continuous_update=False),
             "word": w.Dropdown(options=[("(none)", "")], value="", description="word"),
             "shared": w.Checkbox(value=False, description="one colour scale across images", indent=False),
             "enlarge": w.ToggleButtons(options=[], description="enlarge", style={"button_width": "auto"}),
+            "images": w.Text(value="" if self.folder is None else str(self.folder), description="images",
+                             continuous_update=False, layout=w.Layout(width="80%"),
+                             placeholder="a folder of your own pedestrian images, then Enter (empty: the test split)"),
         }
         p = self.panels = {"info": w.HTML(), "results": w.Image(format="png"), "detail": w.Image(format="png")}
         state = {"busy": False}
@@ -584,7 +704,7 @@ class Explorer:
                 state["busy"] = True
                 try:
                     fn(change)
-                except ValueError as err:  # e.g. a description the tokenizer rejects
+                except (ValueError, OSError) as err:  # a description the tokenizer rejects, a wrong folder
                     _show(p["results"], None)
                     p["info"].value = f"<span style='color:#d62728'>{html.escape(str(err))}</span>"
                 finally:
@@ -631,7 +751,7 @@ class Explorer:
             _show(p["results"], fig)
             self.redraws += 1
             _show(p["detail"], None)
-            c["enlarge"].options = [(f"#{r['rank']} id {r['pid']}", r["index"]) for r in self.last["results"]] if one else []
+            c["enlarge"].options = [(f"#{r['rank']} {r['label']}", r["index"]) for r in self.last["results"]] if one else []
             c["enlarge"].layout.display = None if one else "none"
             self.last["seconds"] = seconds = time.perf_counter() - start
             p["info"].value = _info_html(self, caption, word, seconds)
@@ -652,11 +772,18 @@ class Explorer:
                 c["enlarge"].value = index
                 enlarge()
 
+        def pick_images(change):
+            folder = c["images"].value.strip()
+            if (Path(folder).expanduser() if folder else None) != self.folder:
+                self.use_images(folder or None)
+            search()
+
         def pick_example(change):
             c["query"].value = change["new"]
             search()
 
         c["example"].observe(guarded(pick_example), names="value")
+        c["images"].observe(guarded(pick_images), names="value")
         c["query"].observe(guarded(search), names="value")  # Enter (or leaving the box), not keystrokes
         c["search"].on_click(guarded(search))
         for box in ("model", "view"):
@@ -665,7 +792,7 @@ class Explorer:
             c[box].observe(guarded(redraw), names="value")
         c["enlarge"].observe(guarded(enlarge), names="value")
         guarded(search)()
-        return w.VBox([w.HBox([c["model"], c["view"]]), c["example"], w.HBox([c["query"], c["search"]]),
+        return w.VBox([w.HBox([c["model"], c["view"]]), c["images"], c["example"], w.HBox([c["query"], c["search"]]),
                        w.HBox([c["k"], c["word"], c["shared"]]), p["info"], p["results"], c["enlarge"],
                        p["detail"]])
 
@@ -679,6 +806,10 @@ def _show(image: w.Image, fig) -> None:
     fig.savefig(buffer, format="png", dpi=Explorer.DPI)
     plt.close(fig)
     image.value, image.layout.display = buffer.getvalue(), None
+
+
+def _r1_text(r1: float | None) -> str:
+    return "R@1 n/a" if r1 is None else f"R@1 {r1:.1f} %"
 
 
 def _metrics_beside(path: Path) -> dict:
@@ -717,7 +848,8 @@ def _info_html(explorer: Explorer, caption: str, word, seconds: float) -> str:
     last, esc = explorer.last, html.escape
     if last["view"] == "one":
         name = last["model"]
-        ids = ", ".join(f"{r['pid']}{'✓' if r['match'] else ''}" for r in last["results"])
+        ids = ", ".join(f"{r['pid'] if explorer.folder is None else r['label']}{'✓' if r['match'] else ''}"
+                        for r in last["results"])
         r1 = explorer.metrics.get(name, {}).get("R1")
         parts = [f"<b>{esc(name)}</b>" + (f" (R@1 {r1:.1f} %)" if r1 is not None else ""),
                  f"top-{len(last['results'])}: {ids}"]
@@ -727,7 +859,7 @@ def _info_html(explorer: Explorer, caption: str, word, seconds: float) -> str:
             parts.append(f"<i>{esc(last['kind'])}</i>")
         models = [name]
     else:
-        parts = [" · ".join(f"<b>{esc(n)}</b> R@1 {row['R1']:.1f} %"
+        parts = [" · ".join(f"<b>{esc(n)}</b> {_r1_text(row['R1'])}"
                             + ("" if not row["truth"] else f", true rank {row['truth'][0]['rank']}")
                             for n, row in last["models"].items())]
         models = list(last["models"])
@@ -735,6 +867,11 @@ def _info_html(explorer: Explorer, caption: str, word, seconds: float) -> str:
         unknown = unknown_words(explorer.models[name], caption)
         if unknown:
             parts.append(f"<span style='color:#d62728'>{esc(name)} does not know: {esc(', '.join(unknown))}</span>")
+    if explorer.folder is not None:
+        parts.append(esc(f"gallery: {len(explorer.eval_set.image_paths)} images of {explorer.folder}"))
+    if explorer.skipped:
+        names = ", ".join(p.name for p, _ in explorer.skipped[:10]) + (" …" if len(explorer.skipped) > 10 else "")
+        parts.append(f"<span style='color:#d62728'>skipped (unreadable): {esc(names)}</span>")
     parts.append(f"answered in {seconds:.2f} s")
     return " — ".join(parts)
 

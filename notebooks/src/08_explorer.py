@@ -25,9 +25,12 @@
 # bars show the raw probabilities). Search with Enter or the button; a test caption also shows the
 # true person's images and their ranks; "all models" puts every model side by side with its R@1;
 # "enlarge" shows one result beside its map with a colour bar. The models are the full
-# configurations of notebooks 01–05 at the same profile: from the run cache, else from
-# `checkpoints` (a folder of `<model>/model.safetensors`, e.g. shipped ones), else trained now
-# (`train`); `Explorer.from_checkpoints` takes any other `model.safetensors` the same way.
+# configurations of notebooks 01–06 at the same profile: from the run cache, else from
+# `checkpoints` (a folder of `<model>/model.safetensors` or `<model>.safetensors`), else the
+# model shipped in the repository (`tbpr/shipped/`, made by `tbpr ship`; quick only), else trained
+# now (`train`); the first cell prints where each came from. `Explorer.from_checkpoints` takes any
+# other `model.safetensors` the same way. `images` (a folder of your own pedestrian photos, or the
+# widget's "images" box) replaces the test gallery; unreadable files are named and skipped.
 
 # %% tags=["parameters"]
 profile = "quick"
@@ -37,7 +40,8 @@ seeds = None
 device = "cpu"
 out_dir = "../figures"
 checkpoints = None  # a folder of <model>/model.safetensors to use when the run cache has none
-train = True        # train what neither holds (at quick: minutes per model)
+train = True        # train what none of them holds (at quick: minutes per model)
+images = None       # a folder of your own pedestrian images to search instead of the test split
 
 # %%
 from pathlib import Path
@@ -47,9 +51,9 @@ from tbpr.viz import save_figure
 
 figdir = Path(out_dir) / "explorer"
 explorer = Explorer.from_runs(profile, dataset=dataset, data_root=data_root, device=device, train=train,
-                              fallback=checkpoints)
+                              fallback=checkpoints, images=images)
 for m in explorer.models:
-    print(f"{m:5s} R@1 {explorer.r1(m):5.1f}")
+    print(f"{m:5s} R@1 {explorer.r1(m):5.1f}  from the {explorer.sources[m]}")
 
 # %% [markdown]
 # ## Interactive (JupyterLab)
@@ -70,8 +74,8 @@ import time
 
 NOUNS = ("jacket", "shirt", "coat", "sweater", "dress", "backpack", "jeans", "pants", "shorts")
 words_of = lambda c: re.findall(r"[a-z]+", c.lower())  # noqa: E731
-caption = next((c for c in explorer.eval_set.captions if set(NOUNS) & set(words_of(c))),
-               explorer.eval_set.captions[0])
+caption = next((c for c in explorer.example_captions if set(NOUNS) & set(words_of(c))),
+               explorer.example_captions[0])
 word = next((w for w in words_of(caption) if w in NOUNS), words_of(caption)[-1])
 print(caption, "| word:", word)
 for name in explorer.models:
