@@ -145,5 +145,6 @@ def test_a_papers_verdict_table_compares_each_row_with_the_reference_and_is_save
     assert sdm["verdict"] == stats.NO_DIRECTION and sdm["seeds"] == 3  # README gives no number for SDM alone
     assert "6 IRRA (SDM + IRR + ID) vs 1 ITC (CLIP fine-tuned) ★" in df.index
     assert stats.read_records(tmp_path / "verdicts.json") == records and (tmp_path / "verdicts.md").exists()
+    assert verdicts("irra", {"losses": {"2 SDM": rows["2 SDM"]}})[1] == []  # no reference row, no verdict
     with pytest.raises(KeyError, match="comparisons: reference has no row for table 'nope'"):
         verdicts("irra", {"nope": rows})

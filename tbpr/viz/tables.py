@@ -96,14 +96,17 @@ def verdicts(paper: str, tables: dict, out_dir=None, metric: str = "R1") -> tupl
     """Every row of each table against the table's reference row (``tbpr.papers.comparisons``), with
     the paper's own difference, ours with its paired-bootstrap interval and the verdict
     (``tbpr.stats``). ``tables = {table: {label: [run per seed]}}`` (runs: results, or metrics with
-    ``per_query``). Returns the table and the records; ``out_dir`` gets ``verdicts.json`` (read by
-    ``tbpr summary``) and ``verdicts.csv`` / ``.md``."""
+    ``per_query``); a table run without its reference row (a smoke test's subset) gives none.
+    Returns the table and the records; ``out_dir`` gets ``verdicts.json`` (read by ``tbpr
+    summary``) and ``verdicts.csv`` / ``.md``."""
     spec = comparisons(paper)
     records = []
     for table, rows in tables.items():
         if table not in spec["reference"]:
             raise KeyError(f"tbpr/papers/{paper}/paper.yaml: comparisons: reference has no row for "
                            f"table {table!r}; add `{table}: <the row the others are compared with>`")
+        if spec["reference"][table] not in rows:
+            continue
         records += stats.table_verdicts(paper, table, rows, spec["reference"][table],
                                         paper_numbers(paper, table), spec["headline"], metric)
     df = pd.DataFrame(stats.display_rows(records)).set_index("comparison") if records else pd.DataFrame()
