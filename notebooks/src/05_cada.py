@@ -11,6 +11,7 @@ profile = "quick"
 dataset = "synthpedes"
 data_root = None
 seeds = None
+headline_seeds = None
 device = "cpu"
 out_dir = "../figures"
 
@@ -52,11 +53,13 @@ from tbpr.evaluate import encode_split, score_features
 from tbpr.papers import ablation_rows, count_parameters, create_model, get_config, paper_numbers, parameter_table
 from tbpr.papers.cada.model import CADA
 from tbpr.papers.cada.recipe import attention_pointing, masked_attribute_accuracy
-from tbpr.viz import ablation_table, overlay_heatmap, plot_history, save_figure, save_table, versus_chance
+from tbpr.stats import conclusion_lines, method_note
+from tbpr.viz import ablation_table, overlay_heatmap, plot_history, save_figure, save_table, verdicts, versus_chance
 from tbpr.viz.figures import to_display_image
 
 torch.set_num_threads(2)
 seeds = experiments.default_seeds(profile) if seeds is None else list(seeds)
+headline_seeds = experiments.headline_seeds(profile, seeds, headline_seeds)  # full CADA-L vs the CMPM baseline
 FIG = Path(out_dir) / "cada"
 FIG.mkdir(parents=True, exist_ok=True)
 cfg = get_config("cada", profile)
@@ -77,7 +80,12 @@ def rows_of(table):
     return {k: v for k, v in rows.items() if k in SMOKE_ROWS[table]} if profile == "smoke" else rows
 
 
-print(f"profile={profile}  seeds={seeds}  input {cfg.data.image_size}  k={K}")
+def seeds_of(table):
+    """Each row's seeds: the headline rows (Table IV's 0 and 6) at headline_seeds, the others at seeds."""
+    return experiments.seeds_by_row("cada", table, rows_of(table), seeds, headline_seeds)
+
+
+print(f"profile={profile}  seeds={seeds} (headline rows {headline_seeds})  input {cfg.data.image_size}  k={K}")
 
 # %% [markdown]
 # ## 1 · Shapes through the model
@@ -131,13 +139,14 @@ params
 
 # %% [markdown]
 # ## 3 · Training at this profile
-# The full model (NDF + ATP + ARA), one run per seed, through `tbpr.experiments` (cached). Every other
+# The full model (NDF + ATP + ARA), one run per headline seed, through `tbpr.experiments` (cached). Every other
 # run this notebook reads (each ablation row, per seed) trains in this cell too, in one pool of worker
 # processes that stays busy to the last run; the sections below read them from the cache.
 
 # %%
 every_run = {"model": {"full": {}}, **{table: rows_of(table) for table in SMOKE_ROWS}}
-full = experiments.run_tables("cada", every_run, seeds, profile, **run_kw)["model"]["full"]
+every_seed = {"model": {"full": headline_seeds}, **{table: seeds_of(table) for table in SMOKE_ROWS}}
+full = experiments.run_tables("cada", every_run, every_seed, profile, **run_kw)["model"]["full"]
 fig = plot_history(full[0].history)
 save_figure(fig, FIG / "loss_curves.png")
 print(f"train time per run: {np.mean([r.train_seconds for r in full]):.1f} s")
@@ -161,8 +170,9 @@ def features(result):
 
 
 def metrics_at(result, k):
+    """Metrics at k (with their values per query, for the paired verdicts)."""
     net, text, image, s = features(result)
-    return score_features(net, text, image, s.caption_pids, s.image_pids, rerank_k=k)
+    return score_features(net, text, image, s.caption_pids, s.image_pids, rerank_k=k, per_query=True)
 
 
 def timed_metrics_at(result, k):
@@ -192,10 +202,10 @@ def protocol_metrics(label, results):
     """A "(G)" row scored here without re-ranking, an "(L)" row with it; other rows: the runs' metrics."""
     if label.endswith(("(G)", "(L)")):
         return [metrics_at(r, K if label.endswith("(L)") else 0) for r in results]
-    return [r.metrics for r in results]
+    return [{**r.metrics, "per_query": r.per_query()} for r in results]
 
 
-t4_runs = experiments.run_many("cada", rows_of("table4"), seeds, profile, **run_kw)
+t4_runs = experiments.run_many("cada", rows_of("table4"), seeds_of("table4"), profile, **run_kw)
 t4 = {label: protocol_metrics(label, rs) for label, rs in t4_runs.items()}
 table4 = ablation_table(t4, paper_t4, metrics=("R1", "R5", "R10", "mAP"))
 save_table(table4, FIG / "table4")
@@ -207,9 +217,9 @@ table4
 # rows keep the paper's labels and group counts.
 
 # %%
-t5_runs = experiments.run_many("cada", rows_of(t5_cfg), seeds, profile, **run_kw)
-table5 = ablation_table({label: [metrics_at(r, K) for r in rs] for label, rs in t5_runs.items()},
-                        paper_numbers("cada", t5_cfg), metrics=("R1", "mAP"))
+t5_runs = experiments.run_many("cada", rows_of(t5_cfg), seeds_of(t5_cfg), profile, **run_kw)
+t5 = {label: [metrics_at(r, K) for r in rs] for label, rs in t5_runs.items()}
+table5 = ablation_table(t5, paper_numbers("cada", t5_cfg), metrics=("R1", "mAP"))
 table5.insert(0, "groups", [CADA.num_groups(get_config("cada", profile, ablation_rows("cada", t5_cfg)[label]))
                             for label in table5.index])
 save_table(table5, FIG / "table5")
@@ -217,11 +227,11 @@ table5
 
 # %% [markdown]
 # ## 7 · Fig. 3 — how many candidates to re-rank (k)
-# One trained full model per seed, evaluated at every k (k = 0 is CADA-G).
+# One trained full model per seed (the rows' seeds), evaluated at every k (k = 0 is CADA-G).
 
 # %%
 ks = [k for k in (0, 1, 2, 4, 8, 16, 32) if k <= len(records["test"]) * 2]
-sweep = {k: [metrics_at(r, k) for r in full] for k in ks}
+sweep = {k: [metrics_at(r, k) for r in full[:len(seeds)]] for k in ks}
 fig, ax = plt.subplots(1, 2, figsize=(8, 3))
 for a, metric in zip(ax, ("R1", "mAP")):
     mean = [np.mean([m[metric] for m in sweep[k]]) for k in ks]
@@ -239,9 +249,9 @@ fig3.T
 # The full model retrained with each r (the paper: r = 0.8 best on both metrics).
 
 # %%
-f4_runs = experiments.run_many("cada", rows_of("fig4"), seeds, profile, **run_kw)
-fig4 = ablation_table({label: [metrics_at(r, K) for r in rs] for label, rs in f4_runs.items()},
-                      metrics=("R1", "mAP"))
+f4_runs = experiments.run_many("cada", rows_of("fig4"), seeds_of("fig4"), profile, **run_kw)
+f4 = {label: [metrics_at(r, K) for r in rs] for label, rs in f4_runs.items()}
+fig4 = ablation_table(f4, metrics=("R1", "mAP"))
 save_table(fig4, FIG / "fig4_mask_rate")
 rates = [float(label.split("=")[1]) for label in f4_runs]
 fig, ax = plt.subplots(1, 2, figsize=(8, 3))
@@ -260,15 +270,27 @@ fig4
 # %%
 t7_paper = {label: count_parameters(create_model("cada", "paper", device="meta", **o))
             for label, o in ablation_rows("cada", "table7").items()}
-t7_runs = experiments.run_many("cada", rows_of(t7_cfg), seeds, profile, **run_kw)
-table7 = ablation_table({label: [metrics_at(r, K) for r in rs] for label, rs in t7_runs.items()},
-                        metrics=("R1", "mAP"))
+t7_runs = experiments.run_many("cada", rows_of(t7_cfg), seeds_of(t7_cfg), profile, **run_kw)
+t7 = {label: [metrics_at(r, K) for r in rs] for label, rs in t7_runs.items()}
+table7 = ablation_table(t7, metrics=("R1", "mAP"))
 table7.insert(0, "attention layers", [(lambda c: c.vision.depth + 2 * c.text.depth)(
     get_config("cada", profile, ablation_rows("cada", t7_cfg)[label])) for label in table7.index])
 table7.insert(1, "params (this profile)", [f"{count_parameters(features(rs[0])[0]):,}" for rs in t7_runs.values()])
 save_table(table7, FIG / "table7")
 print("paper profile:", {k: f"{v / 1e6:.1f}M" for k, v in t7_paper.items()})
 table7
+
+# %% [markdown]
+# ### Verdicts of every ablation
+# In each table the reference row (the full model; Table V: 36/36; Fig. 4: r = 0.8; Table VII: the
+# profile's depth) against every other row, paired by seed and test query (`tbpr.stats`); the headline
+# (★, full CADA-L against the CMPM baseline) at `headline_seeds`. Fig. 4 and Table VII have no
+# transcribed numbers, so they have no paper direction to reproduce.
+
+# %%
+verdict_table, verdict_records = verdicts("cada", {"table4": t4, t5_cfg: t5, "fig4": f4, t7_cfg: t7}, FIG)
+print(method_note())
+verdict_table
 
 # %% [markdown]
 # ## 10 · Fig. 5 — word → patch cross-attention maps
@@ -307,7 +329,7 @@ save_figure(fig, FIG / "fig5_word_patch_maps.png")
 # %%
 limit = None if profile != "smoke" else 40
 if gt is not None:
-    pointing = [attention_pointing(features(r)[0], records["test"], gt, cfg.data, limit=limit) for r in full]
+    pointing = [attention_pointing(features(r)[0], records["test"], gt, cfg.data, limit=limit) for r in full[:len(seeds)]]
     point_df = pd.DataFrame({"pointing acc (%)": [p["pointing_acc"] for p in pointing],
                              "chance (%)": [p["chance"] for p in pointing],
                              "spans": [p["n_spans"] for p in pointing]}, index=[f"seed {s}" for s in seeds])
@@ -341,9 +363,9 @@ fig6
 # the decoder reads from the image.
 
 # %%
-mam = [masked_attribute_accuracy(features(r)[0], records["test"], cfg.data, limit=limit) for r in full]
+mam = [masked_attribute_accuracy(features(r)[0], records["test"], cfg.data, limit=limit) for r in full[:len(seeds)]]
 mam_shuffled = [masked_attribute_accuracy(features(r)[0], records["test"], cfg.data, limit=limit, shuffle_images=True)
-                for r in full]
+                for r in full[:len(seeds)]]
 mam_df = pd.DataFrame({"top-1 (%)": [m["top1"] for m in mam], "top-3 (%)": [m["top3"] for m in mam],
                        "top-1, shuffled image (%)": [m["top1"] for m in mam_shuffled],
                        "top-3, shuffled image (%)": [m["top3"] for m in mam_shuffled],
@@ -370,33 +392,12 @@ cost_df
 
 # %%
 mean = {label: v for label, v in table4.attrs["mean"].items() if label in t4}  # rows run at this profile
-def d(a, b, m="R1"):  # noqa: E302
-    return mean[b][m] - mean[a][m]
-
-
-def verdict(delta, paper_delta, noise):
-    if abs(delta) <= noise:
-        return "does not reproduce (within seed noise)"
-    return "reproduces in direction" if np.sign(delta) == np.sign(paper_delta) else "goes the opposite way"
-
-
-noise = max(table4.attrs["std"][k]["R1"] for k in mean) if len(seeds) > 1 else 0.0  # largest seed std
 r1 = mean["6 +NDF+ARA+ATP (L)"]["R1"]
 num_queries = sum(len(r.captions) for r in records["test"])
 lines = [f"- Full CADA-L reaches R1 {r1:.1f}% on the SynthPedes {profile} test split (chance ≈ {chance_r1:.1f}%; "
          + versus_chance(r1, chance_r1, num_queries)
-         + ("" if r1 >= 5 * chance_r1 else ": this CPU-sized, randomly initialised model has barely learned the task "
-            "at this budget, so most comparisons below are within seed noise")
          + f"); the paper reports {paper_t4['6 +NDF+ARA+ATP (L)']['R1']:.2f}% on CUHK-PEDES."]
-for a, b, what in [("0 Baseline (CMPM)", "1 +NDF", "NDF instead of CMPM"), ("1 +NDF", "2 +NDF+ARA", "+ARA"),
-                   ("1 +NDF", "3 +NDF+ATP (G)", "+ATP (global protocol)"),
-                   ("3 +NDF+ATP (G)", "4 +NDF+ATP (L)", "re-ranking (L vs G, NDF+ATP)"),
-                   ("5 +NDF+ARA+ATP (G)", "6 +NDF+ARA+ATP (L)", "re-ranking (L vs G, full)"),
-                   ("4 +NDF+ATP (L)", "6 +NDF+ARA+ATP (L)", "+ARA on top of ATP (L)")]:
-    if a not in mean or b not in mean:
-        continue
-    ours, paper = d(a, b), paper_t4[b]["R1"] - paper_t4[a]["R1"]
-    lines.append(f"- {what}: R1 {ours:+.1f} here vs {paper:+.2f} in the paper — {verdict(ours, paper, noise)}.")
+lines += conclusion_lines(verdict_records)
 best_k = max(ks, key=lambda k: np.mean([m["R1"] for m in sweep[k]]))
 lines.append(f"- Fig. 3: R1 is highest at k = {best_k}; k = 1 already changes R1 by "
              f"{np.mean([m['R1'] for m in sweep[min(1, ks[-1])]]) - np.mean([m['R1'] for m in sweep[0]]):+.1f} over k = 0.")
@@ -407,10 +408,10 @@ best_t5 = max(t5_runs, key=lambda lbl: table5.attrs["mean"][lbl]["R1"])
 lines.append(f"- Table V: the best grouping here is {best_t5} (paper: 36/36).")
 t7_means = [table7.attrs["mean"][lbl]["R1"] for lbl in t7_runs]
 if len(t7_means) > 1:
-    grows = all(b - a > noise for a, b in zip(t7_means, t7_means[1:]))
-    lines.append(f"- Table VII: R1 by depth {', '.join(f'{m:.1f}' for m in t7_means)} — "
-                 + ("more attention layers help, as the paper says." if grows
-                    else "no clear gain from depth here (the paper: fewer layers, lower accuracy)."))
+    t7_ref = [r for r in verdict_records if r["table"] == t7_cfg]
+    lines.append(f"- Table VII: R1 by depth {', '.join(f'{m:.1f}' for m in t7_means)}; the profile's depth minus each "
+                 "other: " + "; ".join(f"{r['row']} {r['delta']:+.1f} [{r['low']:+.1f}, {r['high']:+.1f}]" for r in t7_ref)
+                 + " (the paper, without numbers: fewer layers, lower accuracy).")
 if gt is not None:
     pa, ch = np.mean([p["pointing_acc"] for p in pointing]), np.mean([p["chance"] for p in pointing])
     lines.append(f"- Fig. 5: word→patch maps point into the right SynthPedes region {pa:.1f}% of the time "
