@@ -1,16 +1,23 @@
 """Batch reproduction: execute every notebook headless with papermill at one profile.
 
-Executed notebooks go to ``notebooks/executed/``, figures and tables to ``figures/<paper>/``.
-Training runs are cached (``tbpr.experiments``), so an interrupted reproduction resumes cheaply.
+Executed notebooks go to ``notebooks/executed/`` (the quick ones are committed, for reading with their
+outputs; ``publish`` readies them: no widget state, PNGs at most ``MAX_IMAGE_WIDTH`` px wide, paths
+relative), figures and tables to ``figures/<paper>/``. Training runs are cached
+(``tbpr.experiments``), so an interrupted reproduction resumes cheaply.
 """
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
+import io
 import json
 import os
+import re
 import time
 from pathlib import Path
+
+from PIL import Image
 
 from tqdm.auto import tqdm
 
@@ -76,6 +83,84 @@ def _stamp_code_version(executed: Path, version: str) -> None:
     notebook = json.loads(executed.read_text())
     notebook.setdefault("metadata", {})["tbpr"] = {"code_version": version}
     executed.write_text(json.dumps(notebook, indent=1, ensure_ascii=False) + "\n")
+
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+WIDGET_NOTE = "[an interactive widget: open this notebook from notebooks/ in JupyterLab and run it to use it]"
+MAX_IMAGE_WIDTH = 1400  # px: a figure stays sharp on a wide screen; the inline backend's larger ones shrink
+TEXT_KEYS = ("text/plain", "text/html", "text/markdown")
+PROGRESS_TEXT = re.compile(r"\d+%\|")  # tqdm's text form: " 40%|####      | 4/10 [...]"
+
+
+def publish(executed: Path, repo: Path = REPO) -> None:
+    """Ready an executed notebook for reading in the repository: widget state dropped, each widget's
+    view replaced by a note (nothing renders it without a kernel) and widget progress bars removed
+    (they would show the state they were saved in), PNGs wider than ``MAX_IMAGE_WIDTH``
+    scaled down, and this machine's paths written as ``.`` (the repository) and ``~`` (home)."""
+    notebook = json.loads(Path(executed).read_text())
+    notebook.get("metadata", {}).pop("widgets", None)
+    places = [(str(Path(repo).resolve()), "."), (str(Path.home()), "~")]
+    for cell in notebook["cells"]:
+        if cell["cell_type"] == "code":
+            cell["outputs"] = [_published_output(o, places) for o in cell.get("outputs", [])
+                               if not _progress_bar(o)]
+    papermill_meta = notebook.get("metadata", {}).get("papermill", {})
+    for key in ("input_path", "output_path"):
+        if isinstance(papermill_meta.get(key), str):
+            papermill_meta[key] = _relative(papermill_meta[key], places)
+    Path(executed).write_text(json.dumps(notebook, indent=1, ensure_ascii=False) + "\n")
+
+
+def _progress_bar(output: dict) -> bool:
+    """A tqdm bar drawn as a widget (a library's own, not tbpr's): saved, it shows a frozen state."""
+    data = output.get("data", {})
+    text = data.get("text/plain", "")
+    return WIDGET_VIEW in data and bool(PROGRESS_TEXT.search("".join(text) if isinstance(text, list) else text))
+
+
+def _published_output(output: dict, places) -> dict:
+    if "text" in output:  # a stream
+        output["text"] = _relative(output["text"], places)
+    if "traceback" in output:
+        output["traceback"] = [_relative(line, places) for line in output["traceback"]]
+    data = output.get("data")
+    if not data:
+        return output
+    if WIDGET_VIEW in data:
+        output["data"] = data = {"text/plain": WIDGET_NOTE}
+        output["metadata"] = {}
+    for key in TEXT_KEYS:
+        if key in data:
+            data[key] = _relative(data[key], places)
+    if "image/png" in data:
+        data["image/png"], scale = _shrunk_png(data["image/png"])
+        size = output.get("metadata", {}).get("image/png", {})
+        for side in ("width", "height"):
+            if isinstance(size.get(side), (int, float)):
+                size[side] = round(size[side] * scale)
+    return output
+
+
+def _relative(text, places):
+    """``text`` (a string or notebook lines) with each absolute folder of ``places`` replaced."""
+    if isinstance(text, list):
+        return [_relative(line, places) for line in text]
+    for absolute, short in places:
+        text = text.replace(absolute + "/", short + "/").replace(absolute, short)
+    return text
+
+
+def _shrunk_png(encoded) -> tuple[str, float]:
+    """A base64 PNG at most ``MAX_IMAGE_WIDTH`` wide (Lanczos), and the scale applied."""
+    raw = base64.b64decode("".join(encoded) if isinstance(encoded, list) else encoded)
+    with Image.open(io.BytesIO(raw)) as image:
+        if image.width <= MAX_IMAGE_WIDTH:
+            return ("".join(encoded) if isinstance(encoded, list) else encoded), 1.0
+        scale = MAX_IMAGE_WIDTH / image.width
+        small = image.resize((MAX_IMAGE_WIDTH, max(1, round(image.height * scale))), Image.LANCZOS)
+        buffer = io.BytesIO()
+        small.save(buffer, format="PNG", optimize=True)
+    return base64.b64encode(buffer.getvalue()).decode() + "\n", scale
 
 
 def _cached_runs() -> set[str]:
@@ -152,6 +237,7 @@ def run_notebooks(profile: str = "quick", *, only: list[str] | None = None,
                             **({"seeds": list(seeds)} if seeds else {})},
                 progress_bar=False)
         _stamp_code_version(out_dir / nb.name, version)
+        publish(out_dir / nb.name)
         times[nb.stem] = time.perf_counter() - start
         _write_provenance(figures_dir, nb, profile, times[nb.stem], seeds, len(_cached_runs() - cached),
                           version)
