@@ -5,7 +5,7 @@ float16 so that all of them stay under ``BUDGET_BYTES``) beside ``<paper>.json``
 zoo's scheme: file, sha256, size) with the config, the code version and run key it was trained
 under, the data's fingerprint, and the metrics of the shipped weights on the quick test split.
 
-    tbpr ship ssan | all            # (re)makes tbpr/shipped/ssan.*: the cached quick run, trained if needed
+    tbpr ship ssan | all            # (re)makes ssan.safetensors + ssan.json here from the cached quick run
     find("ssan", "quick")           # the verified checkpoint when its config is the one asked for, else None
     trained("ssan", "quick")        # (model, where from): the run cache first, then the shipped model
     verify("ssan")                  # (recorded, measured) metrics on the split they were recorded on
@@ -84,7 +84,7 @@ def find(name: str, profile: str = "quick", overrides: dict | None = None, folde
 
 
 def describe(name: str, folder=None) -> str:
-    """"shipped model tbpr/shipped/ssan.safetensors (quick, seed 0, R1 12.3 on the quick test split)",
+    """"shipped model <folder>/ssan.safetensors (quick, seed 0, R1 12.3 on the quick test split)",
     plus a note when the code has changed since it was shipped."""
     meta = manifest(name, folder)
     text = (f"shipped model {folder_path(folder) / meta['file']} ({meta['profile']}, seed {meta['seed']}, "
