@@ -33,11 +33,13 @@ def mode() -> str:
 
 def watched() -> bool:
     """stderr is a terminal, or this is an IPython kernel (JupyterLab draws bars as widgets)."""
+    return in_kernel() or bool(getattr(sys.stderr, "isatty", lambda: False)())
+
+
+def in_kernel() -> bool:
     ipython = sys.modules.get("IPython")
     shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
-    if shell is not None and hasattr(shell, "kernel"):
-        return True
-    return bool(getattr(sys.stderr, "isatty", lambda: False)())
+    return shell is not None and hasattr(shell, "kernel")
 
 
 @contextlib.contextmanager
@@ -61,6 +63,7 @@ def bar(iterable=None, *, desc: str, enabled: bool = True, **kwargs) -> tqdm:
 
 
 def line(text: str, enabled: bool = True) -> None:
-    """One line on stderr, in lines mode only (bars say the same thing while they run)."""
+    """One line, in lines mode only (bars say the same thing while they run): on stderr, or in a
+    kernel on stdout (a notebook shows stderr as if something went wrong)."""
     if enabled and mode() == "lines":
-        print(text, file=sys.stderr, flush=True)
+        print(text, file=sys.stdout if in_kernel() else sys.stderr, flush=True)

@@ -19,7 +19,6 @@ from pathlib import Path
 
 from PIL import Image
 
-from tqdm.auto import tqdm
 
 from . import progress
 from .cache import cache_dir, code_version
@@ -221,7 +220,7 @@ def run_notebooks(profile: str = "quick", *, only: list[str] | None = None,
     for name in missing(notebook_dir):
         print(f"[tbpr reproduce] notebook {name}.ipynb does not exist yet: skipped")
     times = {}
-    overall = tqdm(chosen, desc=f"reproduce ({profile})", unit="notebook")
+    overall = progress.bar(chosen, desc=f"reproduce ({profile})", unit="notebook")
     for nb in overall:
         overall.set_postfix_str(nb.stem)
         version = notebook_code_version(nb.stem)

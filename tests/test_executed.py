@@ -78,8 +78,8 @@ def test_reproduce_writes_a_published_executed_copy_of_the_explorer(tmp_path, mo
     assert "widgets" not in published["metadata"] and reproduce.WIDGET_VIEW not in text
     assert reproduce.WIDGET_NOTE in text  # the explorer's panel
     assert not re.search(r"\d+%\|", text)
-    streams = "".join("".join(o["text"]) for o in _outputs(published) if o.get("output_type") == "stream")
-    assert re.search(r"^ssan smoke seed 0: R1 \d+\.\d, \d+ s$", streams, re.M), streams[:2000]
+    streams = "".join("".join(o["text"]) for o in _outputs(published) if o.get("name") == "stdout")
+    assert re.search(r"^ssan smoke seed 0: R1 \d+\.\d, \d+ s$", streams, re.M), streams[:2000]  # not in red
     assert "from the run cache ~/" in streams or "from the run cache " in streams
     assert str(Path.home()) + "/" not in text and str(ROOT) not in text
     assert any(o.get("data", {}).get("image/png") for o in _outputs(published))
