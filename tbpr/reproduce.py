@@ -19,7 +19,6 @@ from pathlib import Path
 
 from PIL import Image
 
-
 from . import progress
 from .cache import cache_dir, code_version
 from .experiments import default_seeds
