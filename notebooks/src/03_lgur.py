@@ -31,6 +31,7 @@ profile = "quick"
 dataset = "synthpedes"
 data_root = None
 seeds = None
+headline_seeds = None
 device = "cpu"
 out_dir = "../figures"
 
@@ -49,18 +50,20 @@ from tbpr import experiments
 from tbpr.cache import FeatureCache
 from tbpr.data.datasets import load_eval_images
 from tbpr.papers import ablation_rows, count_parameters, create_model, get_config, paper_numbers, parameter_table
+from tbpr.stats import conclusion_lines, method_note
 from tbpr.viz import (ablation_table, overlay_heatmap, plot_history, save_figure, save_table, to_display_image,
-                      to_markdown)
+                      to_markdown, verdicts)
 
 torch.set_num_threads(1)  # small tensors: a second thread buys little and hurts on a shared machine
 seeds = experiments.default_seeds(profile) if seeds is None else list(seeds)
+headline_seeds = experiments.headline_seeds(profile, seeds, headline_seeds)  # LGUR vs the baseline (Table 5)
 fig_dir = Path(out_dir) / "lgur"
 fig_dir.mkdir(parents=True, exist_ok=True)
 root = experiments.resolve_data_root(dataset, data_root, profile)
 records = experiments.load_records(dataset, root)
 cfg = get_config("lgur", profile)
 run_kw = dict(dataset=dataset, data_root=data_root, device=device, progress=False)
-print(f"profile={profile}, seeds={seeds}, data={root}")
+print(f"profile={profile}, seeds={seeds} (headline rows {headline_seeds}), data={root}")
 
 # %% [markdown]
 # ## 1. The data flow, shape by shape
@@ -127,12 +130,15 @@ display(param_df)
 # one pool of worker processes, through `tbpr.experiments` (cached by config hash). The full model
 # trains all six loss terms of Eq. 10 — ID and ranking on the raw branch (text-guided image rebuild
 # V_T vs words T) and on the dictionary branch (V_𝒟 vs T_𝒟), the textual reconstruction term
-# (T vs T_𝒟) and the guidance term L_g. Its curves below are seed 0's.
+# (T vs T_𝒟) and the guidance term L_g. Its curves below are seed 0's. LGUR and the baseline (Table 5
+# No. 6 and No. 0, the headline comparison) run at `headline_seeds`, the other rows at `seeds`.
 
 # %%
 TABLES = ("table5", "table6", "table7")
 t0 = time.perf_counter()
-experiments.run_tables("lgur", {name: ablation_rows("lgur", name) for name in TABLES}, seeds, profile, **run_kw)
+SEEDS = {name: experiments.seeds_by_row("lgur", name, ablation_rows("lgur", name), seeds, headline_seeds)
+         for name in TABLES}
+experiments.run_tables("lgur", {name: ablation_rows("lgur", name) for name in TABLES}, SEEDS, profile, **run_kw)
 main = experiments.run("lgur", profile, seed=seeds[0], **run_kw)
 print(f"one run trains in {main.train_seconds:.0f} s; every run of this notebook: "
       f"{time.perf_counter() - t0:.0f} s (≈ 0 when cached)")
@@ -184,12 +190,23 @@ display(speed_df)
 
 # %%
 PAPER = {name: paper_numbers("lgur", name) for name in TABLES}  # Table 5: R@1/5/10; Tables 6, 7: R@1/5
-tables = {}
+tables, runs = {}, {}
 for name in TABLES:
-    results = experiments.run_many("lgur", ablation_rows("lgur", name), seeds, profile, **run_kw)
-    tables[name] = ablation_table(experiments.metrics_of(results), paper=PAPER[name])
+    runs[name] = experiments.run_many("lgur", ablation_rows("lgur", name), SEEDS[name], profile, **run_kw)
+    tables[name] = ablation_table(experiments.metrics_of(runs[name]), paper=PAPER[name])
     save_table(tables[name], fig_dir / name)
     display(Markdown(f"**{name}**\n\n" + to_markdown(tables[name])))
+
+# %% [markdown]
+# ### Verdicts
+# In each table the reference row (LGUR; Table 6: the shared dictionary; Table 7: shared prototypes)
+# against every other row, paired by seed and test query (`tbpr.stats`); the headline (★, LGUR
+# against the baseline) at `headline_seeds`.
+
+# %%
+verdict_table, verdict_records = verdicts("lgur", runs, fig_dir)
+print(method_note())
+display(Markdown(to_markdown(verdict_table)))
 
 # %% [markdown]
 # ## 5. Figure 3 — the foreground mask ℳ
@@ -369,35 +386,9 @@ if "pgu_attn" in vis:
 # ## 7. Conclusions, computed from this run
 
 # %%
-def effect(table, a, b, metric="R1"):
-    """Difference of means b - a and whether it exceeds the seeds' spread."""
-    mean, std = tables[table].attrs["mean"], tables[table].attrs["std"]
-    d = mean[b][metric] - mean[a][metric]
-    noise = (std[a][metric] ** 2 + std[b][metric] ** 2) ** 0.5
-    return d, noise
-
-
-def claim(text, table, a, b):
-    d, noise = effect(table, a, b)
-    paper_delta = PAPER[table][b]["R1"] - PAPER[table][a]["R1"]
-    agrees = np.sign(d) == np.sign(paper_delta)
-    verdict = ("reproduces the paper's direction" if agrees else "does NOT reproduce the paper's direction")
-    strength = (f"beyond the seed spread (±{noise:.1f})" if len(seeds) > 1 and abs(d) > noise
-                else "within the seed spread" if len(seeds) > 1 else "one seed, so no spread estimate")
-    return f"- {text}: R@1 changes by {d:+.1f} on SynthPedes (paper, CUHK-PEDES: {paper_delta:+.2f}) — {verdict}, {strength}."
-
-
 lines = [f"- LGUR at `{profile}` reaches R@1 {main.metrics['R1']:.1f} / mAP {main.metrics['mAP']:.1f} "
-         f"(chance ≈ {chance:.1f}); {'it clearly learns' if main.metrics['R1'] > 5 * chance else 'it barely beats chance at this profile'}.",
-         claim("+PGU over the baseline (T5 No.1 vs No.0)", "table5", "0 baseline", "1 + PGU"),
-         claim("+DGA without PGU (T5 No.2 vs No.0)", "table5", "0 baseline", "2 + DGA"),
-         claim("the dictionary on top of PGU (T5 No.3 vs No.1)", "table5", "1 + PGU", "3 + PGU + DGA (D)"),
-         claim("the mask ℳ (T5 No.4 vs No.3)", "table5", "3 + PGU + DGA (D)", "4 + PGU + DGA (D + M)"),
-         claim("text guidance G (T5 No.5 vs No.3)", "table5", "3 + PGU + DGA (D)", "5 + PGU + DGA (D + G)"),
-         claim("full LGUR over the baseline (T5 No.6 vs No.0)", "table5", "0 baseline", "6 LGUR"),
-         claim("a shared rather than unshared dictionary (T6)", "table6", "w/ unshared", "w/ shared (Ours)"),
-         claim("a shared dictionary rather than self-attention (T6)", "table6", "w/ SA", "w/ shared (Ours)"),
-         claim("shared rather than modality-specific prototypes (T7)", "table7", "w/ unshared", "w/ shared (Ours)")]
+         f"(chance ≈ {chance:.1f}); {'it clearly learns' if main.metrics['R1'] > 5 * chance else 'it barely beats chance at this profile'}."]
+lines += conclusion_lines(verdict_records)
 if has_gt:
     lines.append(f"- Fig. 3: the unsupervised mask correlates with the person silhouette at r = {r_trained.mean():+.2f} "
                  f"(untrained {r_untrained.mean():+.2f}, another image's silhouette {r_shuffled.mean():+.2f}); "
