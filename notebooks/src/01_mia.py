@@ -29,6 +29,7 @@ profile = "quick"
 dataset = "synthpedes"
 data_root = None
 seeds = None
+headline_seeds = None
 device = "cpu"
 out_dir = "../figures"
 
@@ -46,22 +47,25 @@ from matplotlib.patches import Rectangle
 from PIL import Image
 
 from tbpr import experiments
-from tbpr.papers import ablation_rows, count_parameters, create_model, get_config, paper_numbers, parameter_table
+from tbpr.papers import (ablation_rows, comparisons, count_parameters, create_model, get_config, paper_numbers,
+                         parameter_table)
 from tbpr.papers.mia.model import fuse
 from tbpr.papers.mia.recipe import scoring_metrics, split_eval_overrides, split_scores
-from tbpr.viz import ablation_table, plot_history, retrieval_grid, save_figure, save_table
+from tbpr.stats import conclusion_lines, method_note
+from tbpr.viz import ablation_table, plot_history, retrieval_grid, save_figure, save_table, verdicts
 
 START = time.time()
 if device == "cpu" and profile == "smoke":
     torch.set_num_threads(1)  # smoke-sized ops are too small for a second thread to pay off
 seeds = experiments.default_seeds(profile) if seeds is None else list(seeds)
+headline_seeds = experiments.headline_seeds(profile, seeds, headline_seeds)  # MIA vs GC (Table II)
 OUT = Path(out_dir) / "mia"
 OUT.mkdir(parents=True, exist_ok=True)
 root = experiments.resolve_data_root(dataset, data_root, profile)
 records = experiments.load_records(dataset, root)
 test = records["test"]
 RUN = dict(profile=profile, dataset=dataset, data_root=data_root, device=device, progress=False)
-print(f"profile={profile}  seeds={seeds}  data={root}")
+print(f"profile={profile}  seeds={seeds} (headline rows {headline_seeds})  data={root}")
 
 # %% [markdown]
 # ## 1. Shapes through the model
@@ -108,6 +112,7 @@ params.map(lambda n: f"{n / 1e6:.2f} M")
 # Three steps (after a short stage 0 that pre-trains the small CNN on image identities, standing in for
 # ImageNet on CPU). Curves are seed 0; epochs are counted across the steps. Every training configuration
 # this notebook reads (MIA and each ablation row, per seed) trains in this cell, in one pool of workers.
+# The two models of the headline comparison (MIA and GC, Table II) train at `headline_seeds`.
 
 # %%
 # Table 7 swaps in ImageNet CNNs: paper scale only, not run at the CPU profiles
@@ -121,7 +126,11 @@ for table in TABLES:
         train = split_eval_overrides(overrides)[0]
         train_configs.setdefault(json.dumps(train, sort_keys=True), train)
 names = {key: f"cfg{i}" for i, key in enumerate(train_configs)}
-runs = experiments.run_many("mia", {names[k]: v for k, v in train_configs.items()}, seeds=seeds, **RUN)
+HEADLINE = comparisons("mia")["headline"]
+headline_train = {json.dumps(split_eval_overrides(ablation_rows("mia", HEADLINE["table"])[row])[0], sort_keys=True)
+                  for row in (HEADLINE["full"], HEADLINE["baseline"])}
+config_seeds = {names[k]: headline_seeds if k in headline_train else seeds for k in train_configs}
+runs = experiments.run_many("mia", {names[k]: v for k, v in train_configs.items()}, seeds=config_seeds, **RUN)
 print(f"{len(train_configs)} training configurations x {len(seeds)} seeds; "
       f"{sum(r.train_seconds for rs in runs.values() for r in rs):.0f} s of training (0 when cached)")
 mia_runs = runs[names["{}"]]
@@ -174,15 +183,17 @@ def scored(result):
 
 
 def row_metrics(overrides):
+    """The row's metrics per seed of its trained model (rows of the headline models: headline_seeds),
+    with their values per query for the verdicts."""
     train, scoring = split_eval_overrides(overrides)
     results = runs[names[json.dumps(train, sort_keys=True)]]
-    return [scoring_metrics(scored(r)[0], scored(r)[1], scored(r)[4], **scoring) for r in results]
+    return [scoring_metrics(scored(r)[0], scored(r)[1], scored(r)[4], per_query=True, **scoring) for r in results]
 
 
-tables = {}
+tables, ours = {}, {}
 for table in TABLES:
-    ours = {label: row_metrics(ov) for label, ov in ablation_rows("mia", table).items()}
-    tables[table] = ablation_table(ours, PAPER[table], metrics=("R1", "R5", "R10", "mAP", "mINP"), decimals=1)
+    ours[table] = {label: row_metrics(ov) for label, ov in ablation_rows("mia", table).items()}
+    tables[table] = ablation_table(ours[table], PAPER[table], metrics=("R1", "R5", "R10", "mAP", "mINP"), decimals=1)
     save_table(tables[table], OUT / table)
 
 # %%
@@ -205,6 +216,18 @@ tables["table8_lambda1"]
 
 # %%
 tables["table9_lambda2"]
+
+# %% [markdown]
+# ### Verdicts
+# In each table the reference row (MIA, or the paper's chosen setting: Id / Id + Mat, step training,
+# noun phrases, λ1 = 1.0, λ2 = 0.5) against every other row, paired by seed and test query
+# (`tbpr.stats`); the headline (★, MIA against GC) at `headline_seeds`. Rows whose paper numbers equal
+# the reference's (the identities below) have no direction to reproduce.
+
+# %%
+verdict_table, verdict_records = verdicts("mia", ours, OUT)
+print(method_note())
+verdict_table
 
 # %% [markdown]
 # ### Identities the paper's numbers imply
@@ -461,37 +484,13 @@ gt_checks.round(2)
 
 # %% [markdown]
 # ## 8. What this run shows
-# Sentences below are generated from the numbers above (means over seeds); an effect "reproduces" when
-# its sign matches the paper's and the difference exceeds the standard deviation over seeds.
+# Sentences below are generated from the numbers above: the verdicts (paired intervals over seeds and
+# queries) and means over seeds.
 
 # %%
-def r1(table, row):
-    df = tables[table]
-    return df.attrs["mean"][row]["R1"], df.attrs["std"][row]["R1"], PAPER[table][row]["R1"]
-
-
-def compare(table, better, worse, what):
-    (a, sa, pa), (b, sb, pb) = r1(table, better), r1(table, worse)
-    d, paper_d = a - b, pa - pb
-    same = np.sign(d) == np.sign(paper_d) and d != 0
-    if len(seeds) == 1:
-        verdict = "same direction (one seed: noise unknown)" if same else "does NOT reproduce (one seed)"
-    else:
-        verdict = ("reproduces" if same and abs(d) > max(sa, sb) else
-                   "same direction but within seed noise" if same else "does NOT reproduce")
-    return f"- {what}: {better} vs {worse} changes R1 by {d:+.1f} here (paper {paper_d:+.1f}) — {verdict}."
-
-
 lines = [f"- MIA reaches R1 {main.attrs['mean']['MIA (ours)']['R1']:.1f} ± {main.attrs['std']['MIA (ours)']['R1']:.1f} "
-         f"on SynthPedes-{profile} (chance ≈ {100 / n_ids:.1f}%; paper {PAPER_MIA['R1']:.1f} on CUHK-PEDES).",
-         compare("table2_ablation", "GC + RGA", "GC", "RGA on top of GC"),
-         compare("table2_ablation", "GC + BFM", "GC", "BFM on top of GC"),
-         compare("table2_ablation", "MIA", "GC + RGA", "step-3 BFM on top of GC + RGA"),
-         compare("table3_step_training", "MIA", "GC + RGA + BFM", "step vs joint training of BFM"),
-         compare("table3_step_training", "MIA (L)", "Fine (L)", "s_L after steps 1-2 vs BFM alone"),
-         compare("table4_objectives", "Id / Id + Mat", "Mat / Mat", "identity loss in the steps"),
-         compare("table5_step_combination", "Step training strategy", "Combining step-1 & step-2", "step training"),
-         compare("table6_phrases", "Noun phrases", "All words", "noun phrases vs all words")]
+         f"on SynthPedes-{profile} (chance ≈ {100 / n_ids:.1f}%; paper {PAPER_MIA['R1']:.1f} on CUHK-PEDES)."]
+lines += conclusion_lines(verdict_records)
 for table, name in (("table8_lambda1", "λ1"), ("table9_lambda2", "λ2")):
     means = {k: v["R1"] for k, v in tables[table].attrs["mean"].items()}
     paper_r1 = {k: v["R1"] for k, v in PAPER[table].items()}

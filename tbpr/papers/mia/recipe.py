@@ -83,8 +83,9 @@ def split_scores(model: MIA, records, *, device: str = "cpu"):
     return scores, text_feats, image_feats, eval_set
 
 
-def scoring_metrics(model: MIA, scores: dict, eval_set, **scoring) -> dict:
+def scoring_metrics(model: MIA, scores: dict, eval_set, *, per_query: bool = False, **scoring) -> dict:
     """Retrieval metrics of ``scores`` fused by the model's Eq. 18 settings, ``scoring`` (a subset of
-    ``EVAL_ONLY``) overriding them."""
+    ``EVAL_ONLY``) overriding them; ``per_query=True`` adds each query's values (``tbpr.stats``)."""
     settings = {**{k: getattr(model.cfg, k) for k in EVAL_ONLY}, **scoring}
-    return retrieval_metrics(fuse(scores, **settings), eval_set.caption_pids, eval_set.image_pids)
+    return retrieval_metrics(fuse(scores, **settings), eval_set.caption_pids, eval_set.image_pids,
+                             per_query=per_query)
