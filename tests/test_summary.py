@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tbpr import reproduce, summary
+from tbpr import reproduce, stats, summary
 
 
 def _figures(tmp_path):
@@ -23,6 +23,41 @@ def test_summary_holds_every_table_conclusion_and_figure(tmp_path):
     assert "## 02 · SSAN" in text and "SSAN reaches R1 12.3 here." in text
     assert "| SSAN | 12.3 | 61.37 |" in text and "![fig8_wam](ssan/fig8_wam.png)" in text
     assert text.index("02 · SSAN") < text.index("07 · Side-by-side comparison")
+
+
+def _verdicts(figs):
+    """Smoke-sized fake verdicts of two papers, written as their notebooks write them."""
+    def comparison(delta, low, high, paper_delta, seeds=3):
+        return stats.Comparison("R1", delta, low, high, paper_delta, stats.verdict(low, high, paper_delta), seeds, 714)
+
+    stats.write_records([stats.record("ssan", "table2", "Baseline", "SSAN", comparison(3.1, 1.2, 5.0, 6.69, 5),
+                                      headline=True),
+                         stats.record("ssan", "table2", "+PFL", "SSAN", comparison(-0.4, -2.0, 1.1, 2.11)),
+                         stats.record("ssan", "fig7", "fixed 0.10", "adaptive", comparison(0.2, -1.0, 1.5, None))],
+                        figs / "ssan" / "verdicts.json")
+    (figs / "mia").mkdir(exist_ok=True)
+    stats.write_records([stats.record("mia", "table2_ablation", "GC", "MIA", comparison(-2.0, -3.5, -0.6, 4.6, 5),
+                                      headline=True)], figs / "mia" / "verdicts.json")
+
+
+def test_one_verdict_table_for_the_whole_reproduction_with_counts_per_paper(tmp_path):
+    figs = _figures(tmp_path)
+    _verdicts(figs)
+    text = summary.write_summary(figs).read_text()
+    assert text.index("## Verdicts") < text.index("## 01 · MIA") < text.index("## 02 · SSAN")
+    counts = text[text.index("| paper | headline"):]
+    assert "| mia | opposite (-2.0 [-3.5, -0.6], paper +4.60) | 0 | 0 | 1 | 0 |" in counts
+    assert "| ssan | reproduces (+3.1 [+1.2, +5.0], paper +6.69) | 1 | 1 | 0 | 1 |" in counts
+    assert "| **all** | – | 1 | 1 | 1 | 1 |" in counts
+    assert "| ssan | table2 | SSAN vs Baseline ★ | +6.69 | +3.10 [+1.20, +5.00] | 5 | reproduces |" in text
+    assert "| ssan | fig7 | adaptive vs fixed 0.10 | – |" in text
+    readme = summary.readme_results(figs)
+    assert "| **all** | – | 1 | 1 | 1 | 1 |" in readme and "<details><summary>Every row (4)</summary>" in readme
+    assert stats.method_note() in readme
+
+
+def test_summary_without_verdicts_has_no_verdict_section(tmp_path):
+    assert "## Verdicts" not in summary.write_summary(_figures(tmp_path)).read_text()
 
 
 def test_summary_without_outputs_says_what_to_run(tmp_path):
