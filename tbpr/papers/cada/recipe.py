@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from ...data.datasets import load_eval_images
 from ...data.text import is_caption_word
-from ...synthpedes import region_mask
+from ...synthpedes.pointing import PointingTally, caption_pairs, patches_in_region, region_spans
 from ..base import Recipe
 from .model import CADA, CADAConfig, build_word_vocab
 
@@ -43,46 +42,25 @@ class CADARecipe(Recipe):
 
 
 # ----------------------------------------------------------------------------- figure checks (SynthPedes)
-def _test_pairs(records, data_cfg, limit: int | None):
-    """(image tensor, caption, file_path, caption index) for the captions of ``records``."""
-    pairs = [(r, i) for r in records for i in range(len(r.captions))][:limit]
-    images = load_eval_images([r.image_path for r, _ in pairs], data_cfg)
-    return [(images[n], r.captions[i], r.file_path, i) for n, (r, i) in enumerate(pairs)]
-
-
 def attention_pointing(model: CADA, records, gt, data_cfg, *, limit: int | None = None,
                        batch_size: int = 64) -> dict:
     """Fig. 5 check: for each ground-truth attribute span of a test caption, average the decoder's
     word->patch maps over the span's tokens and test whether the arg-max patch centre falls in the
     attribute's region (SynthPedes label map). ``chance`` = a uniformly random patch's hit rate."""
-    gh, gw = model.visual_encoder.grid
-    hits, chance, per_region = [], [], {}
-    pairs = _test_pairs(records, data_cfg, limit)
+    grid = model.visual_encoder.grid
+    tally = PointingTally()
+    pairs = caption_pairs(records, data_cfg, limit)
     for a in range(0, len(pairs), batch_size):
         chunk = pairs[a:a + batch_size]
         maps = model.word_patch_attention(torch.stack([p[0] for p in chunk]).to(model.device),
                                           [p[1] for p in chunk])
         for (_, caption, fp, idx), amap in zip(chunk, maps):
             enc = model.tokenizer.encode(caption)
-            gt_image = gt.images[fp]
-            for start, end, _, region in gt.captions[(fp, idx)].attributes:
+            for start, end, region in region_spans(gt, fp, idx):
                 pos = [p for (w, s, e), ps in zip(enc.words, enc.word_pos) if s < end and e > start for p in ps]
-                if not pos or region not in gt_image.regions:
-                    continue
-                full = region_mask(gt_image, region)  # 384x128, pixel-exact
-                rows = ((torch.arange(gh) + 0.5) * full.shape[0] / gh).long()
-                cols = ((torch.arange(gw) + 0.5) * full.shape[1] / gw).long()
-                inside = torch.from_numpy(full)[rows[:, None], cols[None, :]]  # patch centres in the region
-                if not inside.any():  # smaller than a patch: no patch can point at it
-                    continue
-                best = amap[pos].mean(0).flatten().argmax()
-                hit = bool(inside.flatten()[best])
-                hits.append(hit)
-                chance.append(inside.float().mean().item())
-                per_region.setdefault(region, []).append(hit)
-    n = max(len(hits), 1)
-    return {"pointing_acc": 100 * sum(hits) / n, "chance": 100 * sum(chance) / n, "n_spans": len(hits),
-            "per_region": {k: 100 * sum(v) / len(v) for k, v in sorted(per_region.items())}}
+                if pos:
+                    tally.add(amap[pos].mean(0), patches_in_region(gt.images[fp], region, grid), region)
+    return tally.summary()
 
 
 def masked_attribute_accuracy(model: CADA, records, data_cfg, *, limit: int | None = None,
@@ -90,7 +68,7 @@ def masked_attribute_accuracy(model: CADA, records, data_cfg, *, limit: int | No
     """Fig. 6 check: mask one attribute phrase at a time and count how often the true token is the
     top-1 / in the top-``topk`` prediction. ``shuffle_images`` pairs each caption with another test
     image: the gap to the matched accuracy is what the image contributes."""
-    pairs = _test_pairs(records, data_cfg, limit)
+    pairs = caption_pairs(records, data_cfg, limit)
     jobs = [(n, chunk) for n, (_, caption, _, _) in enumerate(pairs)
             for chunk in model.tokenizer.encode(caption).chunks]
     perm = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(0)) if shuffle_images else None
