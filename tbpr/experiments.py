@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import multiprocessing
 import os
 import shutil
@@ -34,6 +35,9 @@ from .papers import comparisons, get_config, model_class, official, recipe
 from .synthpedes import ensure
 
 DATA_PROFILE = {"smoke": "smoke", "quick": "quick", "paper": "large", "official": "large"}
+# set (by tbpr reproduce) to a file: each run() appends one JSON line saying whether it trained, only
+# evaluated a cached checkpoint, or read its result from the cache (``read_run_log`` counts them)
+RUN_LOG = "TBPR_RUN_LOG"
 
 
 def default_seeds(profile: str) -> list[int]:
@@ -287,7 +291,37 @@ def _cached_result(run_dir: Path, rerank_k: int) -> "Result | None":
     their checkpoint, without training)."""
     if not _per_query_file(run_dir, rerank_k).exists():
         return None
-    return Result.read(_result_file(run_dir, rerank_k))
+    done = Result.read(_result_file(run_dir, rerank_k))
+    return _logged("cached", done) if done is not None else None
+
+
+def _logged(event: str, result: Result) -> Result:
+    """``result``, after one line in ``$TBPR_RUN_LOG`` (if set): the event (trained / evaluated /
+    cached), the run and rerank_k, its training and evaluation seconds."""
+    if os.environ.get(RUN_LOG):
+        line = {"event": event, "key": result.key, "rerank_k": result.spec.get("rerank_k", 0),
+                "train_seconds": result.train_seconds, "eval_seconds": result.eval_seconds}
+        with open(os.environ[RUN_LOG], "a") as log:  # one short append per line: safe across workers
+            log.write(json.dumps(line) + "\n")
+    return result
+
+
+def read_run_log(path) -> dict:
+    """What the runs logged in ``path`` did, each run (and rerank_k) counted once by the most it did:
+    ``{"trained": n, "train_seconds": s, "evaluated": n, "cached": n}`` (a run trained in a worker and
+    then read back by the parent counts as trained)."""
+    rank = {"cached": 0, "evaluated": 1, "trained": 2}
+    most: dict[tuple, dict] = {}
+    if Path(path).exists():
+        for text in Path(path).read_text().splitlines():
+            line = json.loads(text)
+            run = (line["key"], line["rerank_k"])
+            if run not in most or rank[line["event"]] > rank[most[run]["event"]]:
+                most[run] = line
+    events = [line["event"] for line in most.values()]
+    return {"trained": events.count("trained"), "evaluated": events.count("evaluated"),
+            "cached": events.count("cached"),
+            "train_seconds": sum(line["train_seconds"] for line in most.values() if line["event"] == "trained")}
 
 
 def _train_and_evaluate(model, cfg, spec, key, run_dir: Path, dataset, seed, device, rerank_k,
@@ -307,7 +341,7 @@ def _train_and_evaluate(model, cfg, spec, key, run_dir: Path, dataset, seed, dev
 
 def _train_evaluate_save(model, cfg, spec, key, run_dir: Path, dataset, seed, device, rerank_k,
                          progress, trained: dict | None) -> Result:
-    records = load_records(dataset, spec["data_root"])
+    records, event = load_records(dataset, spec["data_root"]), "evaluated"
     if trained is not None:
         try:
             net = Result(key, spec, {}, [], 0.0, 0.0, str(run_dir)).load_model(device)
@@ -321,7 +355,7 @@ def _train_evaluate_save(model, cfg, spec, key, run_dir: Path, dataset, seed, de
         net = build_model(model, cfg, records["train"]).to(device)
         start = time.perf_counter()
         history = _train(net, model, records, net.cfg, run_dir, seed, device, progress)
-        trained = {"history": history, "train_seconds": time.perf_counter() - start}
+        trained, event = {"history": history, "train_seconds": time.perf_counter() - start}, "trained"
         write_json(run_dir / "trained.json", trained)
     start = time.perf_counter()
     metrics = evaluate(net, records["test"], net.cfg.data, device=device, rerank_k=rerank_k,
@@ -331,7 +365,7 @@ def _train_evaluate_save(model, cfg, spec, key, run_dir: Path, dataset, seed, de
                     history=trained["history"], train_seconds=trained["train_seconds"],
                     eval_seconds=time.perf_counter() - start, run_dir=str(run_dir))
     result.save(_result_file(run_dir, rerank_k))
-    return result
+    return _logged(event, result)
 
 
 def default_workers(device: str = "cpu") -> int:

@@ -21,7 +21,7 @@ from PIL import Image
 
 from . import progress
 from .cache import cache_dir, code_version
-from .experiments import default_seeds
+from .experiments import RUN_LOG, default_seeds, read_run_log
 from .papers import MODEL_NAMES
 from .summary import write_summary
 
@@ -161,21 +161,37 @@ def _shrunk_png(encoded) -> tuple[str, float]:
     return base64.b64encode(buffer.getvalue()).decode() + "\n", scale
 
 
-def _cached_runs() -> set[str]:
-    runs = cache_dir() / "experiments"
-    return {p.name for p in runs.iterdir() if (p / "result.json").exists()} if runs.is_dir() else set()
+@contextlib.contextmanager
+def run_log(path: Path):
+    """Every run started in this block (the kernel's and its workers') logs to ``path``
+    (``tbpr.experiments.RUN_LOG``), emptied first; yields the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    before = os.environ.get(RUN_LOG)
+    os.environ[RUN_LOG] = str(path)
+    try:
+        yield path
+    finally:
+        if before is None:
+            os.environ.pop(RUN_LOG, None)
+        else:
+            os.environ[RUN_LOG] = before
 
 
 def _write_provenance(figures_dir: Path, nb: Path, profile: str, seconds: float, seeds,
-                      trained: int, version: str) -> None:
-    """``run.md``: when and how long, and how many runs this execution trained; a re-execution
-    that read its runs from the cache is minutes faster than the reproduction it re-draws."""
+                      runs: dict, version: str) -> None:
+    """``run.md``: when and how long, and what the runs did, apart: trained (with their training time),
+    evaluated again from a cached checkpoint, read from the run cache — a re-execution that read its
+    runs from the cache is minutes faster than the reproduction it re-draws."""
     folder = figures_dir / nb.stem.split("_", 1)[1]
     if folder.is_dir():
         (folder / "run.md").write_text(
-            f"`{nb.name}` executed at profile `{profile}`, seeds {list(seeds or default_seeds(profile))}, "
-            f"on {time.strftime('%Y-%m-%d')} in {seconds / 60:.1f} min, training {trained} run(s), any "
-            f"others read from the run cache (2-core CPU unless stated; code version `{version}`).\n")
+            f"`{nb.name}` executed at profile `{profile}`, seeds {list(seeds or default_seeds(profile))} "
+            f"(headline rows: the notebook's headline_seeds), on {time.strftime('%Y-%m-%d')} in "
+            f"{seconds / 60:.1f} min wall: {runs['trained']} run(s) trained ({runs['train_seconds'] / 60:.1f} min "
+            f"of training, summed over parallel workers), {runs['evaluated']} evaluated again from a cached "
+            f"checkpoint, {runs['cached']} read from the run cache (2-core CPU unless stated; code version "
+            f"`{version}`).\n")
 
 
 @contextlib.contextmanager
@@ -227,8 +243,8 @@ def run_notebooks(profile: str = "quick", *, only: list[str] | None = None,
             overall.write(f"[tbpr reproduce] {nb.name}: already executed at {profile} on this code, "
                           "skipped (--force re-executes)")
             continue
-        start, cached = time.perf_counter(), _cached_runs()
-        with unwatched_kernel():
+        start = time.perf_counter()
+        with unwatched_kernel(), run_log(cache_dir() / "reproduce" / f"{nb.stem}.runs.jsonl") as log:
             papermill.execute_notebook(
                 str(nb), str(out_dir / nb.name), cwd=str(notebook_dir), kernel_name="python3",
                 parameters={"profile": profile, "out_dir": str(figures_dir), "device": device,
@@ -237,8 +253,7 @@ def run_notebooks(profile: str = "quick", *, only: list[str] | None = None,
         _stamp_code_version(out_dir / nb.name, version)
         publish(out_dir / nb.name)
         times[nb.stem] = time.perf_counter() - start
-        _write_provenance(figures_dir, nb, profile, times[nb.stem], seeds, len(_cached_runs() - cached),
-                          version)
+        _write_provenance(figures_dir, nb, profile, times[nb.stem], seeds, read_run_log(log), version)
         overall.write(f"[tbpr reproduce] {nb.name} done in {times[nb.stem]:.0f} s")
     print(f"[tbpr reproduce] summary: {write_summary(figures_dir)}")
     return times

@@ -161,3 +161,20 @@ def test_the_headline_rows_run_at_their_own_seeds(smoke_root, monkeypatch):
     out = experiments.run_tables("toy", {"t": rows}, {"t": seeds}, profile="paper", data_root=smoke_root,
                                  progress=False)["t"]
     assert [r.spec["seed"] for r in out["dim 8"]] == [0, 1] and [r.spec["seed"] for r in out["dim 4"]] == [0]
+
+
+def test_runs_log_whether_they_trained_evaluated_or_read_the_cache(smoke_root, tmp_path, monkeypatch):
+    log = tmp_path / "runs.jsonl"
+    monkeypatch.setenv(experiments.RUN_LOG, str(log))
+    monkeypatch.setenv("TBPR_CACHE", str(tmp_path / "cache"))
+    first = _run(root=smoke_root, seed=0)
+    assert experiments.read_run_log(log) == {"trained": 1, "evaluated": 0, "cached": 0,
+                                             "train_seconds": pytest.approx(first.train_seconds)}
+    log.unlink()
+    _run(root=smoke_root, seed=0)
+    experiments._per_query_file(experiments.Path(first.run_dir), 0).unlink()
+    _run(root=smoke_root, seed=1)  # another run: trained
+    assert experiments.read_run_log(log)["cached"] == 1 and experiments.read_run_log(log)["trained"] == 1
+    log.unlink()
+    _run(root=smoke_root, seed=0)  # its per-query values are gone: evaluated again, not retrained
+    assert experiments.read_run_log(log) == {"trained": 0, "evaluated": 1, "cached": 0, "train_seconds": 0}

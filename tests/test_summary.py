@@ -124,7 +124,7 @@ def test_reproduce_at_large_runs_the_paper_profile_and_leaves_the_quick_figures_
     (tmp_path / "00_x.ipynb").write_text("{}")
     calls = []
     monkeypatch.setattr(papermill, "execute_notebook", lambda src, dst, parameters, **kw: (
-        calls.append((dst, parameters)), Path(dst).write_text("{}")))
+        calls.append((dst, parameters)), Path(dst).write_text(json.dumps({"cells": [], "metadata": {}}))))
     monkeypatch.setattr(reproduce, "REPO", tmp_path)
     monkeypatch.setattr(reproduce, "_write_provenance", lambda *a: None)
     monkeypatch.setattr(reproduce, "write_summary", lambda figures_dir: figures_dir / "summary.md")
@@ -136,21 +136,27 @@ def test_reproduce_at_large_runs_the_paper_profile_and_leaves_the_quick_figures_
     assert reproduce.figures_dir_for("quick") == tmp_path / "figures"
 
 
-def test_provenance_counts_the_runs_a_notebook_trained_rather_than_read_from_the_cache(tmp_path, monkeypatch):
+def test_provenance_counts_trained_evaluated_and_cached_runs_apart(tmp_path, monkeypatch):
+    import os
+
     import papermill
-    from tbpr.config import cache_dir
+    from tbpr import experiments
     (tmp_path / "01_x.ipynb").write_text("{}")
     (tmp_path / "figures" / "x").mkdir(parents=True)
 
-    def train_two_runs(src, dst, parameters, **kw):
-        Path(dst).write_text("{}")
-        for name in ("x-quick-a", "x-quick-b"):
-            (cache_dir() / "experiments" / name).mkdir(parents=True)
-            (cache_dir() / "experiments" / name / "result.json").write_text("{}")
+    def some_runs(src, dst, parameters, **kw):  # what experiments.run logs, a worker's run read back too
+        Path(dst).write_text(json.dumps({"cells": [], "metadata": {}}))
+        spec = {"rerank_k": 0}
+        for event, key, seconds in (("trained", "a", 60.0), ("cached", "a", 60.0), ("trained", "b", 120.0),
+                                    ("evaluated", "c", 30.0), ("cached", "d", 40.0)):
+            experiments._logged(event, experiments.Result(key, spec, {}, [], seconds, 1.0, ""))
 
-    monkeypatch.setattr(papermill, "execute_notebook", train_two_runs)
+    monkeypatch.setattr(papermill, "execute_notebook", some_runs)
     monkeypatch.setattr(reproduce, "write_summary", lambda figures_dir: figures_dir / "summary.md")
     reproduce.run_notebooks("quick", notebook_dir=tmp_path, figures_dir=tmp_path / "figures")
-    assert "training 2 run(s)" in (tmp_path / "figures" / "x" / "run.md").read_text()
+    text = (tmp_path / "figures" / "x" / "run.md").read_text()
+    assert "2 run(s) trained (3.0 min of training" in text
+    assert "1 evaluated again from a cached checkpoint, 1 read from the run cache" in text
+    assert experiments.RUN_LOG not in os.environ  # only while the notebook executes
     stamped = json.loads((tmp_path / "executed" / "01_x.ipynb").read_text())["metadata"]["tbpr"]
     assert stamped == {"code_version": reproduce.notebook_code_version("01_x")}
