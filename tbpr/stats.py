@@ -229,7 +229,7 @@ def read_records(path) -> list[dict]:
 
 def method_note() -> str:
     """One sentence on how the intervals were computed, for tables and conclusions."""
-    return (f"Ours: the reference row minus the row, {LEVEL:.0%} interval from a paired bootstrap over "
+    return (f"Ours: the reference row minus the row, {100 * LEVEL:.0f} % interval from a paired bootstrap over "
             f"seeds and test queries ({DRAWS} draws, bootstrap seed {BOOTSTRAP_SEED}); reproduces / "
             "opposite = the interval lies on the paper's / the other side of 0, undecided = it contains 0.")
 
