@@ -30,7 +30,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ...config import DataConfig, ModelConfig, TrainConfig
 from ...losses import compound_ranking_loss, cosine_matrix, id_loss
-from ...backbones import StridedCNN, resnet50_trunk
+from ...backbones import StridedCNN, resnet50_trunk, resnet_small
 from ...data.text import HashVocabulary, Vocabulary
 from ..base import TBPRModel
 
@@ -42,11 +42,14 @@ HASH_ROWS = 1000  # embedding rows of a model built without training captions (v
 class SSANConfig(ModelConfig):
     """Defaults = the paper profile (ResNet-50, CUHK-PEDES); ``tbpr/papers/ssan/paper.yaml`` shrinks it."""
     # visual backbone (Sec. 3.1)
-    backbone: str = "resnet50"  # resnet50 | strided_cnn (CPU profiles)
+    # resnet50 | resnet_small (CPU profiles: timm's ResNet shrunk, 96x32 -> 12x4) | strided_cnn (a plain
+    # conv stack, tests)
+    backbone: str = "resnet50"
     # ImageNet init (the code: torchvision's resnet50(pretrained=True) = timm "resnet50.tv_in1k"); a timm
-    # name (hub or its cache), a local file, or None = random init
+    # name (hub or its cache), zoo:<name> (tbpr/zoo), a local file, or None = random init
     pretrained: str | None = "resnet50.tv_in1k"
-    cnn_widths: tuple[int, ...] = (32, 64, 64, 128, 128)  # strided_cnn only; last = hidden_dim
+    # strided_cnn: layer widths (with cnn_strides); resnet_small: its 4 stage widths; last = hidden_dim
+    cnn_widths: tuple[int, ...] = (32, 64, 64, 128, 128)
     cnn_strides: tuple[int, ...] = (2, 2, 1, 2, 1)
     # textual backbone (Sec. 3.1)
     vocab_size: int = 5000  # rows of each word-embedding table (the code's 5,000); 0 = fit the vocabulary
@@ -169,6 +172,8 @@ class SSAN(TBPRModel):
         # Sec. 3.1 visual backbone
         if cfg.backbone == "resnet50":
             self.visual = resnet50_trunk(cfg.pretrained, "pretrained")
+        elif cfg.backbone == "resnet_small":
+            self.visual = resnet_small(tuple(cfg.cnn_widths), pretrained=cfg.pretrained)
         else:
             self.visual = StridedCNN(cfg.cnn_widths, cfg.cnn_strides)
         # Sec. 3.1 textual backbone: two word-embedding tables (official code), one shared bias-free Bi-LSTM
@@ -195,7 +200,7 @@ class SSAN(TBPRModel):
 
     @staticmethod
     def _check(cfg: SSANConfig) -> None:
-        choices = {"backbone": ("resnet50", "strided_cnn"), "mvnln": ("full", "conv1x1", "none"),
+        choices = {"backbone": ("resnet50", "resnet_small", "strided_cnn"), "mvnln": ("full", "conv1x1", "none"),
                    "pfl_act": ("leaky0.25", "none"), "cr_margin": ("adaptive", "fixed"),
                    "cr_variant": ("official", "paper"), "neg_mining": ("semi_hard_random", "hardest")}
         for name, allowed in choices.items():
@@ -203,11 +208,14 @@ class SSAN(TBPRModel):
                 raise ValueError(f"ssan: {name}={getattr(cfg, name)!r}; choose one of {allowed}")
         if cfg.mvnln != "none" and not cfg.use_pfl:
             raise ValueError("ssan: MV-NLN refines PFL part features; set mvnln='none' when use_pfl=False")
-        if cfg.backbone == "strided_cnn" and cfg.cnn_widths[-1] != cfg.hidden_dim:
+        if cfg.backbone != "resnet50" and cfg.cnn_widths[-1] != cfg.hidden_dim:
             raise ValueError(f"ssan: W_g is shared by both modalities, so the CNN's last width "
                              f"{cfg.cnn_widths[-1]} must equal hidden_dim={cfg.hidden_dim}")
-        if cfg.backbone != "resnet50" and cfg.pretrained is not None:
-            raise ValueError(f"ssan: backbone={cfg.backbone!r} has no pre-trained weights; set pretrained=null")
+        if cfg.backbone == "strided_cnn" and cfg.pretrained is not None:
+            raise ValueError("ssan: backbone='strided_cnn' has no pre-trained weights; set pretrained=null "
+                             "(or backbone=resnet_small with pretrained=zoo:resnet-s)")
+        if cfg.backbone == "resnet_small" and len(cfg.cnn_widths) != 4:
+            raise ValueError(f"ssan: resnet_small has 4 stages; cnn_widths={tuple(cfg.cnn_widths)} needs 4 widths")
         if cfg.backbone == "resnet50" and cfg.hidden_dim != 2048:
             raise ValueError("ssan: resnet50 gives 2048 channels; set hidden_dim=2048")
 
