@@ -129,7 +129,8 @@ def test_explorer_answers_a_typed_query_in_jupyterlab(lab, browser, tmp_path):
     _wait(browser, lambda d: "| Idle" in d.find_element(By.CSS_SELECTOR, ".jp-StatusBar-Widget").text)  # kernel up
     browser.find_element(By.CSS_SELECTOR, ".jp-Notebook .jp-Cell").click()
     browser.find_element(By.CSS_SELECTOR, '[data-command="notebook:run-cell-and-select-next"]').click()
-    query = _wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, ".jp-OutputArea-output .widget-text input"), 90)
+    query = _wait(browser, lambda d: d.find_element(  # the query box, not the images box above it
+        By.CSS_SELECTOR, ".jp-OutputArea-output .widget-text input[placeholder^='describe a person']"), 90)
     image = _wait(browser, lambda d: next(
         (i for i in d.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output img") if i.get_attribute("src")), None), 30)
     info = browser.find_element(By.CSS_SELECTOR, ".jp-OutputArea-output .widget-html")
