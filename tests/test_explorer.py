@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 from tbpr import experiments  # noqa: E402
 from tbpr.data.formats import load  # noqa: E402
 from tbpr.engine import save_checkpoint  # noqa: E402
-from tbpr.explorer import (SENTENCE, Explorer, _token_index, explain, token_map,  # noqa: E402
+from tbpr.explorer import (SENTENCE, Explorer, _heat, _token_index, explain, token_map,  # noqa: E402
                            unknown_words, word_ablation_saliency, word_choices)
 from tbpr.papers import get_config, recipe  # noqa: E402
 
@@ -286,7 +286,8 @@ def test_one_colour_scale_across_images_is_an_option(papers):
     assert per_image == {(0.0, 1.0)}
     fig = papers.figure("lgur", caption, k=4, word="jacket", shared_scale=True)
     shared = {ax.images[1].get_clim() for ax in fig.axes if len(ax.images) == 2}
-    heats = [token_map(papers.explain("lgur", caption, r["index"]), "jacket") for r in papers.last["results"]]
+    size = papers.gallery("lgur")[0].shape[-2:]  # the scale covers the maps as drawn (upsampled)
+    heats = [_heat(papers.explain("lgur", caption, r["index"]), "jacket", size) for r in papers.last["results"]]
     assert len(shared) == 1 and shared != {(0.0, 1.0)} and papers.last["shared_scale"]
     lo, hi = shared.pop()
     assert lo <= min(float(h.min()) for h in heats) + 1e-4 and hi >= max(float(h.max()) for h in heats) - 1e-4
