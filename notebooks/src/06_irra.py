@@ -155,6 +155,8 @@ save_figure(fig, FIG / "irr_attention")
 # uniformly random patch. Each seed of the full model, on the first 1,000 test captions.
 
 # %%
+from IPython.display import display  # noqa: E402
+
 from tbpr.papers.irra.recipe import irr_pointing  # noqa: E402
 from tbpr.synthpedes import load_ground_truth  # noqa: E402
 
@@ -172,7 +174,7 @@ if dataset == "synthpedes":
     acc, chance = point_df["pointing acc (%)"].mean(), point_df["chance (%)"].mean()
     print(f"IRR's masked-attribute attention peaks inside the named region for {acc:.1f} % of spans, "
           f"{acc / max(chance, 1e-9):.1f}× the {chance:.1f} % of a random patch.")
-    display(point_df)  # noqa: F821
+    display(point_df)
 
 # %% [markdown]
 # ## Conclusion
