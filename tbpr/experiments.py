@@ -358,8 +358,8 @@ def _train_evaluate_save(model, cfg, spec, key, run_dir: Path, dataset, seed, de
         trained, event = {"history": history, "train_seconds": time.perf_counter() - start}, "trained"
         write_json(run_dir / "trained.json", trained)
     start = time.perf_counter()
-    metrics = evaluate(net, records["test"], net.cfg.data, device=device, rerank_k=rerank_k,
-                       progress=progress, per_query=True)
+    metrics = recipe(model).evaluate_run(net, records["test"], run_dir, device=device, rerank_k=rerank_k,
+                                         progress=progress, per_query=True)
     metrics.pop("per_query").save(_per_query_file(run_dir, rerank_k))  # beside the result, kept small
     result = Result(key=key, spec={**spec, "rerank_k": rerank_k}, metrics=metrics,
                     history=trained["history"], train_seconds=trained["train_seconds"],

@@ -47,10 +47,12 @@ from matplotlib.patches import Rectangle
 from PIL import Image
 
 from tbpr import experiments
+from tbpr.data.datasets import EvalSet
+from tbpr.evaluate import encode_split
 from tbpr.papers import (ablation_rows, comparisons, count_parameters, create_model, get_config, paper_numbers,
                          parameter_table)
 from tbpr.papers.mia.model import fuse
-from tbpr.papers.mia.recipe import scoring_metrics, split_eval_overrides, split_scores
+from tbpr.papers.mia.recipe import run_scores, scoring_metrics, split_eval_overrides
 from tbpr.stats import conclusion_lines, method_note
 from tbpr.viz import ablation_table, plot_history, retrieval_grid, save_figure, save_table, verdicts
 
@@ -164,22 +166,46 @@ main
 # ## 5. Every ablation table of the paper
 # Each row is an override in `tbpr/papers/mia/paper.yaml`, beside the paper's own numbers for it (its
 # `paper:` entry, read with `tbpr.papers.paper_numbers`). Rows that differ only in the scoring
-# (`score`, `lambda1`, `lambda2`: "MIA (G)", the λ sweeps) re-score one trained model, as in the paper.
+# (`score`, `lambda1`, `lambda2`: "MIA (G)", the λ sweeps) re-score one trained model, as in the paper,
+# from the component scores `s_G, s_I, s_T, s_P, s_N` its own evaluation kept in its run folder
+# (`tbpr.papers.mia.recipe.run_scores`): each trained model is encoded and scored pair by pair once.
 # Table VII (ImageNet VGG-16 / ResNet-50 at CUHK-PEDES scale) is not runnable on CPU.
 
 # %%
 PAPER = {table: paper_numbers("mia", table) for table in TABLES}  # R@1, R@5, R@10 as printed
 assert all(set(PAPER[t]) == set(ablation_rows("mia", t)) for t in TABLES), "a row without the paper's numbers"
 
-_scored = {}
+_models = {}
+
+
+def trained(result):
+    """A run's trained model, loaded once."""
+    if result.key not in _models:
+        _models[result.key] = result.load_model(device)
+    return _models[result.key]
 
 
 def scored(result):
-    """(model, pairwise scores, text feats, image feats, eval set) of a run's test split, computed once."""
-    if result.key not in _scored:
-        model = result.load_model(device)
-        _scored[result.key] = (model, *split_scores(model, test, device=device))
-    return _scored[result.key]
+    """(model, pairwise scores {"G", "I", "T", "P", "N"}, eval set) of a run's test split: the scores
+    its evaluation kept (read, not computed again; not held, one run's scores take ~70 MB at quick)."""
+    model = trained(result)
+    return (model, *run_scores(model, test, result.run_dir, device=device))
+
+
+# every scoring each trained model is read under, then every (run, scoring) from one read of its scores
+scorings = {}
+for table in TABLES:
+    for overrides in ablation_rows("mia", table).values():
+        train, scoring = split_eval_overrides(overrides)
+        scorings.setdefault(json.dumps(train, sort_keys=True), {})[json.dumps(scoring, sort_keys=True)] = scoring
+rescored = {}
+for train, wanted in scorings.items():
+    for result in runs[names[train]]:
+        model, scores, eval_set = scored(result)
+        for name, scoring in wanted.items():
+            rescored[result.key, name] = scoring_metrics(model, scores, eval_set, per_query=True, **scoring)
+print(f"{len(rescored)} (trained model, scoring) pairs from the stored scores of "
+      f"{len({key for key, _ in rescored})} trained models")
 
 
 def row_metrics(overrides):
@@ -187,7 +213,7 @@ def row_metrics(overrides):
     with their values per query for the verdicts."""
     train, scoring = split_eval_overrides(overrides)
     results = runs[names[json.dumps(train, sort_keys=True)]]
-    return [scoring_metrics(scored(r)[0], scored(r)[1], scored(r)[4], per_query=True, **scoring) for r in results]
+    return [rescored[r.key, json.dumps(scoring, sort_keys=True)] for r in results]
 
 
 tables, ours = {}, {}
@@ -236,20 +262,37 @@ verdict_table
 # GC + RGA checkpoint: the identities hold only because steps 0-2 are deterministic and identical.
 
 # %%
+def model_run(train_overrides, seed_index):
+    return runs[names[json.dumps(train_overrides, sort_keys=True)]][seed_index]
+
+
 def model_scores(train_overrides, seed_index):
-    return scored(runs[names[json.dumps(train_overrides, sort_keys=True)]][seed_index])
+    return scored(model_run(train_overrides, seed_index))
+
+
+_encoded = {}
+
+
+def model_features(train_overrides, seed_index):
+    """(model, text feats, image feats) of a trained model's test split, for the figures; encoded once."""
+    result = model_run(train_overrides, seed_index)
+    if result.key not in _encoded:
+        model = trained(result)
+        text, image, _ = encode_split(model, test, model.cfg.data, device=device, progress=False)
+        _encoded[result.key] = (model, text, image)
+    return _encoded[result.key]
 
 
 identity_checks = {}
 for i, seed in enumerate(seeds):
-    mia, gc_rga = model_scores({}, i), model_scores({"bfm": "off"}, i)
+    (mia, s_mia, ev), (gc_rga, s_gc_rga, _) = model_scores({}, i), model_scores({"bfm": "off"}, i)
     identity_checks[f"seed {seed}"] = {
-        "s_G(MIA) == s_G(GC+RGA)": torch.equal(mia[1]["G"], gc_rga[1]["G"]),
-        "s_R(MIA) == s_R(GC+RGA)": torch.equal(mia[1]["I"], gc_rga[1]["I"]) and torch.equal(mia[1]["T"], gc_rga[1]["T"]),
-        "MIA(λ1=1, λ2=0) == GC+RGA": scoring_metrics(mia[0], mia[1], mia[4], lambda1=1.0, lambda2=0.0)
-        == scoring_metrics(gc_rga[0], gc_rga[1], gc_rga[4]),
-        "MIA(λ1=λ2=0) == MIA (G)": scoring_metrics(mia[0], mia[1], mia[4], lambda1=0.0, lambda2=0.0)
-        == scoring_metrics(mia[0], mia[1], mia[4], score="G")}
+        "s_G(MIA) == s_G(GC+RGA)": torch.equal(s_mia["G"], s_gc_rga["G"]),
+        "s_R(MIA) == s_R(GC+RGA)": torch.equal(s_mia["I"], s_gc_rga["I"]) and torch.equal(s_mia["T"], s_gc_rga["T"]),
+        "MIA(λ1=1, λ2=0) == GC+RGA": scoring_metrics(mia, s_mia, ev, lambda1=1.0, lambda2=0.0)
+        == scoring_metrics(gc_rga, s_gc_rga, ev),
+        "MIA(λ1=λ2=0) == MIA (G)": scoring_metrics(mia, s_mia, ev, lambda1=0.0, lambda2=0.0)
+        == scoring_metrics(mia, s_mia, ev, score="G")}
 identities = pd.DataFrame(identity_checks)
 save_table(identities, OUT / "identities")
 identities
@@ -260,7 +303,7 @@ identities
 # the paper: red = largest weight, yellow = second; in Fig. 7(a) green / blue = second smallest / smallest.
 
 # %%
-eval_set = scored(mia_runs[0])[4]
+eval_set = EvalSet(test)
 caption_record = eval_set.caption_image_idx.tolist()
 first_caption = {}
 for j, i in enumerate(caption_record):
@@ -302,8 +345,8 @@ examples = [first_caption[i] for i in list(first_caption)[: 4 if profile != "smo
 # whose BFM arg-max part is one of the two top stripes (the paper underlines these words by hand).
 
 # %%
-rga_model, _, rga_text, rga_image, _ = model_scores({"bfm": "off"}, 0)
-mia_model, _, mia_text, mia_image, _ = model_scores({}, 0)
+rga_model, rga_text, rga_image = model_features({"bfm": "off"}, 0)
+mia_model, mia_text, mia_image = model_features({}, 0)
 fig, axes = plt.subplots(1, len(examples), figsize=(3.1 * len(examples), 5.2), squeeze=False)
 for ax, j in zip(axes[0], examples):
     i = caption_record[j]
@@ -323,7 +366,7 @@ save_figure(fig, OUT / "fig7a_relation_attention")
 # ### Fig. 7(b) — phrase → part matching of BFM (P→N, Eq. 13), model "GC + BFM"
 
 # %%
-bfm_model, _, bfm_text, bfm_image, _ = model_scores({"rga": False, "bfm": "joint"}, 0)
+bfm_model, bfm_text, bfm_image = model_features({"rga": False, "bfm": "joint"}, 0)
 j = examples[0]
 i = caption_record[j]
 with torch.no_grad():
@@ -350,7 +393,7 @@ FIG8_MODELS = {"GC": {"rga": False, "bfm": "off"}, "GC + BFM": {"rga": False, "b
                "GC + RGA": {"bfm": "off"}, "MIA": {}}
 fused = {}
 for label, train in FIG8_MODELS.items():
-    model, scores, *_ = model_scores(train, 0)
+    model, scores, _ = model_scores(train, 0)
     fused[label] = fuse(scores, model.cfg.score, model.cfg.lambda1, model.cfg.lambda2)
 first_hit = {}
 for label, s in fused.items():
@@ -465,11 +508,11 @@ if gt is not None:
     for label, train in {"GC + BFM": {"rga": False, "bfm": "joint"}, "MIA": {}}.items():
         per_seed = []
         for s in range(len(seeds)):
-            model, _, text, image, _ = model_scores(train, s)
+            model, text, image = model_features(train, s)
             per_seed.append(phrase_part_accuracy(model, text, image))
         acc, chance, total = np.array(per_seed).mean(0)
         checks[f"Fig. 7(b) {label}: arg-max stripe covers the phrase's region (%)"] = (acc, chance, int(total))
-    per_seed = [relation_check(*[model_scores({"bfm": "off"}, s)[k] for k in (0, 2, 3)]) for s in range(len(seeds))]
+    per_seed = [relation_check(*model_features({"bfm": "off"}, s)) for s in range(len(seeds))]
     top, top_chance, bottom, bottom_chance, n = np.array(per_seed).mean(0)
     checks["Fig. 7(a) GC + RGA: largest-v stripe is a mentioned one (%)"] = (top, top_chance, int(n))
     checks["Fig. 7(a) GC + RGA: smallest-v stripe is an unmentioned one (%)"] = (bottom, bottom_chance, int(n))

@@ -24,11 +24,14 @@ in the checkpoint and read back from it; ``Recipe`` holds everything else about 
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
 from ..config import TrainConfig
 from ..data.formats import Record
+from ..evaluate import evaluate
 
 
 class TBPRModel(nn.Module):
@@ -129,6 +132,14 @@ class Recipe:
 
     def enter_stage(self, model: TBPRModel, stage: str) -> None:
         """Switch ``model`` to ``stage`` (what it freezes, which losses it uses)."""
+
+    def evaluate_run(self, model: TBPRModel, records: list[Record], run_dir: Path, *, device: str,
+                     rerank_k: int, progress: bool, per_query: bool) -> dict:
+        """The test metrics of a trained run (``tbpr.evaluate.evaluate``). A paper that re-scores one
+        trained model several ways (MIA's fusions of Eq. 18) keeps in ``run_dir`` what it computes
+        on the way, so that the re-scoring reads it instead of computing it again."""
+        return evaluate(model, records, model.cfg.data, device=device, rerank_k=rerank_k,
+                        progress=progress, per_query=per_query)
 
     def explain(self, model: TBPRModel, caption: str, image: torch.Tensor) -> dict | None:
         """The paper's own map of each word (or phrase) of ``caption`` over ``image``, read from the
