@@ -43,10 +43,10 @@ GRANULARITIES = ("G", "I", "T", "P", "N")
 class MIAConfig(ModelConfig):
     """Defaults = the paper (VGG-16 profile); ``tbpr/papers/mia/paper.yaml`` shrinks them for CPU and lists
     every ablation row of Tables II-IX as an override."""
-    # visual CNN (Sec. IV-A): vgg16 | resnet50 | vgg_mini (the CPU trunk)
+    # visual CNN (Sec. IV-A): vgg16 | resnet50 | vgg_mini (the CPU trunk: timm's VGG class shrunk)
     cnn: str = "vgg16"
-    # ImageNet init of the CNN (Sec. IV-B): a timm name (hub or its cache), a local file, or None =
-    # random; the ResNet-50 row of Table VII sets "resnet50.tv_in1k"
+    # ImageNet init of the CNN (Sec. IV-B): a timm name (hub or its cache), zoo:<name> (tbpr/zoo), a
+    # local file, or None = random; the ResNet-50 row of Table VII sets "resnet50.tv_in1k"
     pretrained: str | None = "vgg16.tv_in1k"
     cnn_channels: tuple[int, ...] = (16, 32, 64, 64)  # vgg_mini only
     # pretrained: use cfg.pretrained as is; surrogate: stage-0 image-only id warm-up of the CNN on the
