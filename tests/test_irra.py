@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from tbpr import experiments
 from tbpr.losses import itc_loss, mlm_loss, sdm_loss
 from tbpr.papers import ablation_rows, create_model, parameter_table, recipe
-from tbpr.papers.irra.model import IRRAConfig, mask_tokens
+from tbpr.papers.irra.model import IRRAConfig, blip_to_irra, mask_tokens
 
 
 def test_sdm_equals_the_kl_of_each_row_to_its_true_match_distribution():
@@ -104,3 +104,50 @@ def test_smoke_run_and_the_explorer_map(smoke_root):
     assert exp["maps"].shape == (6, 6, 2)
     mass = exp["maps"].sum((1, 2))  # attention over the patches; the rest went to [CLS]
     assert ((mass > 0) & (mass <= 1 + 1e-5)).all()
+
+
+# --- starting from the zoo's aligned member (BLIP's layout; the CLIP stand-in at the CPU profiles)
+SMALL_BLIP = dict(image_size=(48, 16), patch_size=8, width=32, depth=1, heads=2, mlp_ratio=4.0, text_width=32,
+                  text_depth=1, text_heads=2, ffn=128, text_len=37, max_positions=64, embed_dim=32, init_std=0.2)
+
+
+def _small_blip_member():
+    """A random member of the aligned kind at the smoke sizes: (its CADA network, its BLIP-layout state)."""
+    from tbpr.papers.cada.model import CADA
+    from tbpr.zoo.pretrain.aligned import cada_to_blip_names, member_config
+
+    torch.manual_seed(0)
+    net = CADA(member_config(SMALL_BLIP)).eval()
+    return net, cada_to_blip_names({k: v for k, v in net.state_dict().items() if not k.startswith("itm_local_head")})
+
+
+def test_blip_to_irra_fills_every_encoder_tensor_and_leaves_only_blips_own_heads():
+    _, blip = _small_blip_member()
+    irra = create_model("irra", "smoke", encoders="blip")
+    mapped = blip_to_irra(blip, irra.cfg)
+    encoders = {k for k in irra.state_dict() if k.startswith(("image_encoder.", "text_encoder."))}
+    assert set(mapped) == encoders
+    used = {k for k in blip if not k.startswith(("itm_head.", "text_decoder.")) and ".crossattention." not in k}
+    assert len(used) == len(mapped) - 1  # + BERT's segment table (zero), which BLIP's encoder lacks
+    assert {k for k in blip if ".crossattention." in k} and any(k.startswith("text_decoder.cls.") for k in blip)
+
+
+def test_irra_from_blip_weights_computes_the_members_features():
+    """The mapping is the member's function, not only its names: IRRA's image and text features are
+    the member's ITC features (same ids in, since the two tokenizers split punctuation differently)."""
+    net, blip = _small_blip_member()
+    irra = create_model("irra", "smoke", encoders="blip").eval()
+    irra.load_state_dict(blip_to_irra(blip, irra.cfg), strict=False)
+    images = torch.randn(3, 3, 48, 16)
+    ids, att = net.tokenizer.batch(["a man in a red jacket", "woman, blue jeans", "a guy with a backpack"], "cpu")
+    with torch.no_grad():
+        V = net.encode_image_tokens(images)
+        assert torch.allclose(irra.encode_images(images), net.vision_proj(V[:, 0]), atol=1e-5)
+        ours = irra.text_feature(ids, irra.text_tokens(ids))
+        theirs = net.text_proj(net.text_encoder(ids, att)[0][:, 0])
+        assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_a_zoo_member_needs_blip_encoders():
+    with pytest.raises(ValueError, match="encoders=blip"):
+        IRRAConfig(vision_pretrained="zoo:blip-s")

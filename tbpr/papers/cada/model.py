@@ -666,13 +666,32 @@ def blip_to_cada_names(blip_state: dict, separate_decoder: bool = False) -> dict
     return out
 
 
+def _check_shapes(model: CADA, state: dict, path: str) -> None:
+    """One line naming the first tensor whose shape differs (another width, vocabulary or text length)."""
+    own = model.state_dict()
+    for key, value in state.items():
+        if key in own and own[key].shape != value.shape:
+            raise ValueError(f"pretrained={path!r}: {key} is {tuple(value.shape)} there, {tuple(own[key].shape)} "
+                             f"here; build CADA at the member's sizes (its manifest's arch; WordPiece ids: "
+                             f"text.tokenizer=bert, text.vocab_size=30524) or set pretrained=null")
+
+
 def load_blip(model: CADA, path: str) -> None:
     """Initialise from BLIP ViT-B ``model_base.pth`` (local path); position embeddings are resized
     bicubically to this model's patch grid."""
-    if zoo.is_zoo(path):  # pre-trained here (tbpr/zoo); an image-only member fills the ViT alone
+    layout = zoo.manifest(path)["layout"] if zoo.is_zoo(path) else "blip"
+    if zoo.is_zoo(path):  # pre-trained here (tbpr/zoo): an image-only member fills the ViT alone, the
+        # aligned member (zoo:blip-s, BLIP's key layout) what BLIP's file fills
         state = zoo.load(path, model.visual_encoder.grid)
-        if zoo.manifest(path)["layout"] == "timm-vit":
+        if layout == "timm-vit":
             state = {f"visual_encoder.{k}": v for k, v in state.items()}
+        elif layout == "blip":
+            state = blip_to_cada_names(state, model.separate_ara_decoder)
+            own, grid = zoo.manifest(path)["grid"], model.visual_encoder.grid
+            if tuple(own) != tuple(grid):
+                state["visual_encoder.pos_embed"] = zoo.resize_pos_embed(state["visual_encoder.pos_embed"],
+                                                                         tuple(own), tuple(grid))
+            _check_shapes(model, state, path)
     else:
         if not Path(path).is_file():
             raise FileNotFoundError(f"pretrained={path!r}: BLIP's model_base.pth not found here (nothing "
@@ -691,5 +710,5 @@ def load_blip(model: CADA, path: str) -> None:
     if unexpected:
         raise ValueError(f"{path}: unexpected BLIP entries {unexpected[:5]}")
     random_init = [k for k in missing if not k.startswith("itm_local_head")]
-    if random_init and not zoo.is_zoo(path):  # an image-only zoo member leaves the text side by design
+    if random_init and layout == "blip":  # an image-only zoo member leaves the text side by design
         print(f"CADA: {len(random_init)} tensors not in {path} stay randomly initialised, e.g. {random_init[:3]}")

@@ -17,25 +17,35 @@ Retrieval is a cosine lookup between the image's [CLS] feature and the text's en
 the interaction encoder is for training only. The image encoder is timm's CLIP ViT (the paper
 profile loads OpenAI's weights as ``vit_base_patch16_clip_224.openai``, positional embeddings
 resampled to 384×128), the text encoder transformers' ``CLIPTextModelWithProjection``
-(``openai/clip-vit-base-patch16``); the CPU profiles build the same classes at small sizes, with the
-bert-base-uncased WordPiece vocabulary (CLIP's BPE files are not on the machine offline).
+(``openai/clip-vit-base-patch16``).
+
+The CPU profiles start from the zoo's aligned image-text member (``zoo:blip-s``, tbpr/zoo), which
+stands in for CLIP there, so their quick run is "CLIP fine-tuning" here as in the paper. That member
+is a small BLIP (CADA's weights), so at those profiles the encoders are its family
+(``encoders=blip``): the same timm ViT without CLIP's ``ln_pre`` and with GELU, and a bidirectional
+transformers BERT read at [CLS] with BLIP's ``text_proj``, in place of CLIP's causal text transformer
+read at end-of-text; ``blip_to_irra`` maps the member's BLIP key layout onto these modules. Both use
+the bert-base-uncased WordPiece vocabulary (CLIP's BPE files are not on the machine offline).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
-from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+from transformers import BertConfig, BertModel, CLIPTextConfig, CLIPTextModelWithProjection
 
+from ... import zoo
 from ...config import DataConfig, ModelConfig, TrainConfig
 from ...data.text import bert_tokenizer
 from ...losses import id_loss, itc_loss, mlm_loss, sdm_loss
 from ..base import TBPRModel
 
 LOSSES = ("itc", "sdm", "mlm", "id")  # "mlm" is IRR, the official code's name for it
+ENCODERS = ("clip", "blip")
 
 
 def _paper_train() -> TrainConfig:
@@ -56,12 +66,15 @@ def _paper_data() -> DataConfig:
 
 @dataclass
 class IRRAConfig(ModelConfig):
+    # the encoders' family: clip (the paper: CLIP ViT-B/16 and CLIP's text transformer) | blip (the CPU
+    # profiles: the zoo's aligned member, a small BLIP that stands in for CLIP; see the module docstring)
+    encoders: str = "clip"
     # CLIP image encoder (ViT-B/16)
     patch_size: int = 16
     vision_width: int = 768
     vision_depth: int = 12
     vision_heads: int = 12
-    vision_pretrained: str | None = "vit_base_patch16_clip_224.openai"  # timm name or local file; None = random
+    vision_pretrained: str | None = "vit_base_patch16_clip_224.openai"  # timm name, local file, zoo:<name>; None = random
     # CLIP text encoder
     tokenizer: str = "clip"  # clip (BPE, from text_pretrained) | wordpiece (bert-base-uncased, offline)
     text_width: int = 512
@@ -69,7 +82,7 @@ class IRRAConfig(ModelConfig):
     text_heads: int = 8
     text_len: int = 77
     vocab_size: int = 49408
-    text_pretrained: str | None = "openai/clip-vit-base-patch16"  # transformers name or local folder
+    text_pretrained: str | None = "openai/clip-vit-base-patch16"  # transformers name, local folder, zoo:<name>
     embed_dim: int = 512  # the joint space (CLIP's projection width)
     # IRR: the multimodal interaction encoder
     cross_depth: int = 4
@@ -89,6 +102,13 @@ class IRRAConfig(ModelConfig):
         if unknown or not {"itc", "sdm"} & set(self.losses):
             raise ValueError(f"IRRAConfig.losses={self.losses!r}: one of 'itc' / 'sdm' plus any of "
                              "'mlm', 'id'")
+        if self.encoders not in ENCODERS:
+            raise ValueError(f"IRRAConfig.encoders={self.encoders!r}: 'clip' (the paper) or 'blip' (the zoo's "
+                             "aligned member)")
+        for name in ("vision_pretrained", "text_pretrained"):
+            if zoo.is_zoo(getattr(self, name)) and self.encoders != "blip":
+                raise ValueError(f"IRRAConfig.{name}={getattr(self, name)!r} is a zoo member in BLIP's layout; "
+                                 "set encoders=blip")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -103,12 +123,92 @@ class QuickGELU(nn.Module):
         return _quick_gelu(x)
 
 
+# ----------------------------------------------------------------------------------------------
+# the zoo's aligned member (BLIP's key layout) -> IRRA's CLIP-role modules
+# ----------------------------------------------------------------------------------------------
+def blip_to_irra(state: dict, cfg: IRRAConfig) -> dict:
+    """A BLIP checkpoint's names -> IRRA's (``encoders=blip``): the ViT and ``vision_proj`` become
+    ``image_encoder`` and its ``head`` (CLIP's visual projection), the BERT text encoder (without its
+    cross-attention, which serves BLIP's ITM) and ``text_proj`` become ``text_encoder.bert`` and its
+    ``text_projection``. BLIP's ITM / MLM heads stay behind: IRRA's IRR modules and classifier start
+    random beside CLIP too. The word and position tables are cut to IRRA's vocabulary and text length
+    (BLIP adds [DEC] and [ENC] after the 30,522 WordPiece ids); BLIP's BERT has no segment embedding,
+    so BERT's is zero."""
+    renames = (("visual_encoder.", "image_encoder."), ("vision_proj.", "image_encoder.head."),
+               ("text_encoder.", "text_encoder.bert."), ("text_proj.", "text_encoder.text_projection."))
+    out = {}
+    for key, value in state.items():
+        for src, dst in renames:
+            if key.startswith(src) and ".crossattention." not in key:
+                out[dst + key[len(src):]] = value
+    emb = "text_encoder.bert.embeddings."
+    for table, rows in (("word_embeddings", cfg.vocab_size), ("position_embeddings", cfg.text_len)):
+        weight = out.get(f"{emb}{table}.weight")
+        if weight is not None:
+            if len(weight) < rows:
+                raise ValueError(f"text {table} of the BLIP weights has {len(weight)} rows, IRRA needs "
+                                 f"{rows} (vocab_size / text_len)")
+            out[f"{emb}{table}.weight"] = weight[:rows]
+    if f"{emb}word_embeddings.weight" in out:
+        out[f"{emb}token_type_embeddings.weight"] = torch.zeros(2, out[f"{emb}word_embeddings.weight"].shape[1])
+    return out
+
+
+def _zoo_part(cfg: IRRAConfig, source: str, prefix: str, grid: tuple[int, int] | None = None) -> dict:
+    """The part of zoo member ``source`` that IRRA's module ``prefix`` loads, names relative to it."""
+    meta = zoo.manifest(source)
+    if meta.get("layout") != "blip":
+        raise ValueError(f"{source} is not an aligned image-text member (layout {meta.get('layout')!r}, "
+                         "not 'blip'); IRRA's encoders start from one such as zoo:blip-s")
+    state = blip_to_irra(zoo.load(source), cfg)
+    pos = "image_encoder.pos_embed"
+    if grid is not None and pos in state and tuple(meta["grid"]) != tuple(grid):
+        state[pos] = zoo.resize_pos_embed(state[pos], tuple(meta["grid"]), tuple(grid))
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _load_exactly(module: nn.Module, state: dict, source: str, field: str) -> None:
+    """Every parameter of ``module`` from ``state`` (one-line errors on a missing key or a shape)."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or wrong:
+        detail = f"missing {missing[:3]}" if missing else \
+            f"{wrong[0]} is {tuple(state[wrong[0]].shape)} there, {tuple(own[wrong[0]].shape)} here"
+        raise ValueError(f"IRRA {field}={source!r}: {detail}; build IRRA at the member's sizes "
+                         f"(its manifest's arch) or set {field}=null")
+    module.load_state_dict({k: state[k] for k in own})
+
+
+class BertTextEncoder(nn.Module):
+    """BLIP's text encoder for ``encoders=blip``: a bidirectional transformers BERT at the config's
+    sizes and ``text_projection`` (BLIP's ``text_proj``) to the joint space, applied to every token."""
+
+    def __init__(self, cfg: IRRAConfig):
+        super().__init__()
+        self.bert = BertModel(BertConfig(
+            vocab_size=cfg.vocab_size, hidden_size=cfg.text_width, num_hidden_layers=cfg.text_depth,
+            num_attention_heads=cfg.text_heads, intermediate_size=4 * cfg.text_width,
+            max_position_embeddings=cfg.text_len, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+            pad_token_id=0), add_pooling_layer=False)
+        self.text_projection = nn.Linear(cfg.text_width, cfg.embed_dim)
+
+
 def build_image_encoder(cfg: IRRAConfig) -> VisionTransformer:
     """CLIP's ViT (pre-norm, QuickGELU, [CLS] token) at 384×128; ``head`` is CLIP's visual projection,
-    applied to every token as the official code does (the interaction encoder reads them)."""
+    applied to every token as the official code does (the interaction encoder reads them). With
+    ``encoders=blip`` BLIP's ViT (no ``ln_pre``, GELU, LayerNorm eps 1e-6) and ``head`` = ``vision_proj``."""
     kwargs = dict(img_size=tuple(cfg.data.image_size), patch_size=cfg.patch_size, num_classes=cfg.embed_dim,
                   embed_dim=cfg.vision_width, depth=cfg.vision_depth, num_heads=cfg.vision_heads,
                   pre_norm=True, act_layer=QuickGELU, norm_layer=nn.LayerNorm, global_pool="token")
+    if cfg.encoders == "blip":
+        kwargs.update(pre_norm=False, act_layer=nn.GELU, norm_layer=partial(nn.LayerNorm, eps=1e-6))
+    if zoo.is_zoo(cfg.vision_pretrained) and torch.empty(0).device.type != "meta":
+        vit = VisionTransformer(**kwargs)
+        grid = vit.patch_embed.grid_size
+        _load_exactly(vit, _zoo_part(cfg, cfg.vision_pretrained, "image_encoder.", grid), cfg.vision_pretrained,
+                      "vision_pretrained")
+        return vit
     if cfg.vision_pretrained and torch.empty(0).device.type != "meta":
         import timm  # imported where used: 3 s, and only hub / local weights need it
         try:
@@ -125,8 +225,18 @@ def build_image_encoder(cfg: IRRAConfig) -> VisionTransformer:
     return VisionTransformer(**kwargs)
 
 
-def build_text_encoder(cfg: IRRAConfig) -> CLIPTextModelWithProjection:
-    """CLIP's causal text transformer; its ``text_projection`` maps every token to the joint space."""
+def build_text_encoder(cfg: IRRAConfig) -> CLIPTextModelWithProjection | BertTextEncoder:
+    """CLIP's causal text transformer; its ``text_projection`` maps every token to the joint space.
+    With ``encoders=blip`` BLIP's BERT (``BertTextEncoder``)."""
+    if cfg.encoders == "blip":
+        text = BertTextEncoder(cfg)
+        if cfg.text_pretrained and torch.empty(0).device.type != "meta":
+            if not zoo.is_zoo(cfg.text_pretrained):
+                raise ValueError(f"IRRA text_pretrained={cfg.text_pretrained!r}: encoders=blip loads a zoo "
+                                 "member in BLIP's layout (zoo:<name>) or nothing (null)")
+            _load_exactly(text, _zoo_part(cfg, cfg.text_pretrained, "text_encoder."), cfg.text_pretrained,
+                          "text_pretrained")
+        return text
     if cfg.text_pretrained and torch.empty(0).device.type != "meta":
         try:
             return CLIPTextModelWithProjection.from_pretrained(cfg.text_pretrained)
@@ -151,6 +261,7 @@ class CaptionTokens:
         if cfg.tokenizer == "wordpiece":
             self.tok = bert_tokenizer()
             self.eos_id, self.mask_id = self.tok.sep_token_id, self.tok.mask_token_id
+            self.pad_id = self.tok.pad_token_id
         elif cfg.tokenizer == "clip":
             from transformers import CLIPTokenizer  # only the paper profile needs it
             try:
@@ -159,7 +270,7 @@ class CaptionTokens:
                 raise RuntimeError(f"IRRA tokenizer='clip' reads CLIP's BPE files from text_pretrained="
                                    f"{cfg.text_pretrained!r} ({err}); give a local CLIP folder, or set "
                                    "tokenizer=wordpiece") from err
-            self.eos_id = self.tok.eos_token_id
+            self.eos_id, self.pad_id = self.tok.eos_token_id, self.tok.pad_token_id
             self.mask_id = self.tok.convert_tokens_to_ids("<|mask|>") if "<|mask|>" in self.tok.get_vocab() \
                 else cfg.vocab_size - 3  # official: the spare id before start/end of text
         else:
@@ -256,11 +367,18 @@ class IRRA(TBPRModel):
         return self.image_encoder.head(self.image_encoder.forward_features(images))  # [B, 1 + N, d]
 
     def text_tokens(self, ids: torch.Tensor) -> torch.Tensor:
-        hidden = self.text_encoder.text_model(input_ids=ids).last_hidden_state
+        if self.cfg.encoders == "blip":  # bidirectional: padding is masked out
+            att = (ids != self.tokens.pad_id).long()
+            hidden = self.text_encoder.bert(input_ids=ids, attention_mask=att).last_hidden_state
+        else:  # causal: no token attends to the padding after its end-of-text
+            hidden = self.text_encoder.text_model(input_ids=ids).last_hidden_state
         return self.text_encoder.text_projection(hidden)  # [B, L, d]
 
     def text_feature(self, ids: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        eot = (ids == self.tokens.eos_id).int().argmax(1)  # the first end-of-text token
+        """CLIP's feature at the first end-of-text token; BLIP's at [CLS] (encoders=blip)."""
+        if self.cfg.encoders == "blip":
+            return tokens[:, 0]
+        eot = (ids == self.tokens.eos_id).int().argmax(1)
         return tokens[torch.arange(len(ids), device=ids.device), eot]
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
