@@ -15,7 +15,7 @@ from tbpr.papers import get_config, recipe
 RUNS = {
     "ssan": {"train.epochs": 1, "backbone": "strided_cnn", "cnn_widths": [4, 8, 8, 16, 16], "embed_dim": 8,
              "hidden_dim": 16, "feat_dim": 16, "nln_embed_dim": 8, "nln_out_dim": 8},
-    "mia": {"cnn_init": "random"},  # the smoke steps 1-3, without the surrogate pre-training stage
+    "mia": {"cnn_init": "random"},  # the smoke steps 1-3 from a random CNN
 }
 NEW_CAPTION = "A zorblat carries another zorblat."  # twice: enough for SSAN's min_word_count
 

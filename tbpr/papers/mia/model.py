@@ -49,10 +49,9 @@ class MIAConfig(ModelConfig):
     # local file, or None = random; the ResNet-50 row of Table VII sets "resnet50.tv_in1k"
     pretrained: str | None = "vgg16.tv_in1k"
     cnn_channels: tuple[int, ...] = (16, 32, 64, 64)  # vgg_mini only
-    # pretrained: use cfg.pretrained as is; surrogate: stage-0 image-only id warm-up of the CNN on the
-    # training images (stands in for ImageNet on CPU); random: a frozen random CNN in step 1
+    # pretrained: use cfg.pretrained as is (the CPU profiles: zoo:vgg-s); random: ignore it, a frozen
+    # random CNN in step 1
     cnn_init: str = "pretrained"
-    surrogate_epochs: int = 3
     num_parts: int = 6  # n
     part_dim: int = 256  # d_p, 1x1 conv output
     embed_dim: int = 1024  # V = C = G = P = N
@@ -86,7 +85,7 @@ class MIAConfig(ModelConfig):
         image_size=(384, 128), batch_size=96, pad_crop=0, flip=True, max_caption_len=100))
 
     def __post_init__(self):
-        choices = {"cnn": ("vgg16", "resnet50", "vgg_mini"), "cnn_init": ("pretrained", "surrogate", "random"),
+        choices = {"cnn": ("vgg16", "resnet50", "vgg_mini"), "cnn_init": ("pretrained", "random"),
                    "bfm": ("step3", "joint", "off"), "phrases": ("noun_phrases", "all_words"),
                    "score": ("F", "G", "R", "L"), "recipe": ("step", "combined"),
                    "step1_objective": ("id", "mat")}
@@ -210,8 +209,6 @@ class MIA(TBPRModel):
         # RGA (Sec. III-B2)
         self.mlp_v_rga = mlp(cfg.part_dim, cfg.mlp_hidden, d) if cfg.rga else None
         self.mlp_t_rga = mlp(d, cfg.mlp_hidden, d) if cfg.rga else None
-        # stage-0 head of the CPU stand-in for ImageNet pretraining, thrown away after
-        self.surrogate_head = nn.Linear(c_f, cfg.num_classes) if cfg.cnn_init == "surrogate" else None
         # BFM (Sec. III-B3), built last so that MIA and GC + RGA start from the same weights
         self.mlp_v_bfm = mlp(cfg.part_dim, cfg.mlp_hidden, d) if cfg.bfm != "off" else None
         self.mlp_t_bfm = mlp(d, cfg.mlp_hidden, d) if cfg.bfm != "off" else None
@@ -348,12 +345,10 @@ class MIA(TBPRModel):
     def trainable_modules(self, step: int) -> set[str]:
         """Top-level modules that step ``step`` trains (the step training strategy, Eqs. 21-23)."""
         present = {name for name, _ in self.named_children()}
-        if step == 0:
-            wanted = {"cnn", "surrogate_head"}
-        elif step == 1:
+        if step == 1:
             wanted = {"text_embed", "bigru", "sent_fc", "global_vis_fc", "id_cls"}
         elif step == 2:
-            wanted = present - {"surrogate_head"} - (set() if self.cfg.bfm == "joint" else {"mlp_v_bfm", "mlp_t_bfm"})
+            wanted = present - (set() if self.cfg.bfm == "joint" else {"mlp_v_bfm", "mlp_t_bfm"})
         else:
             wanted = {"mlp_v_bfm", "mlp_t_bfm"}
         return wanted & present
@@ -380,9 +375,6 @@ class MIA(TBPRModel):
         cfg, step = self.cfg, self.step
         images = batch["images"].to(self.text_embed.weight.device)
         pids = batch["pids"].to(images.device)
-        if step == 0:  # surrogate pretraining of the CNN, image-only identity loss
-            loss = id_loss(self.surrogate_head(self.cnn(images).mean((2, 3))), pids)
-            return {"loss": loss, "id_surrogate": loss}
         image_ids = batch["image_idx"].to(images.device)
         with torch.set_grad_enabled(step != 3):  # step 3: the whole trunk is fixed
             image = self._image(images, cnn_grad=step == 2, local=step != 1)

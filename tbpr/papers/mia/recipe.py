@@ -23,7 +23,7 @@ from ...evaluate import check_rerank, encode_split, retrieval_metrics, split_fin
 from ..base import SENTENCE, Recipe
 from .model import EVAL_ONLY, MIA, MIAConfig, fuse
 
-STEPS = {"step0_surrogate": 0, "step1": 1, "step2": 2, "combined": 2, "step3": 3}
+STEPS = {"step1": 1, "step2": 2, "combined": 2, "step3": 3}
 # a run's test-split component scores {"G", "I", "T", "P", "N"}, beside its checkpoint (at quick,
 # 2,658 x 1,329 float32 = 14 MB each): computed once by the run's evaluation, read by re-scoring
 SCORES_FILE = "test_scores.safetensors"
@@ -46,8 +46,6 @@ class MIARecipe(Recipe):
                                        schedule="multistep" if milestones else "constant")
 
         plan = []
-        if cfg.cnn_init == "surrogate":
-            plan.append(("step0_surrogate", stage(cfg.surrogate_epochs, lr1)))
         if cfg.recipe == "combined":  # Table V / Fine (L): one stage from the start
             plan.append(("combined", stage(e1 + e2, lr2, decay=True)))
         else:
