@@ -20,10 +20,10 @@ from safetensors.torch import save_file
 
 from ...cache import cache_dir
 from .. import WEIGHTS, sha256
-from . import aligned, vision
+from . import aligned, text, vision
 
-MEMBERS = {**vision.MEMBERS, **aligned.MEMBERS}
-TRAINERS = {**vision.TRAINERS, **aligned.TRAINERS}
+MEMBERS = {**vision.MEMBERS, **text.MEMBERS, **aligned.MEMBERS}
+TRAINERS = {**vision.TRAINERS, **text.TRAINERS, **aligned.TRAINERS}
 SMOKE = dict(corpus=("pretrain-smoke", 0), steps=4, batch_size=16, warmup=1)  # seconds, for tests
 RECIPE_FIELDS = ("steps", "batch_size", "lr", "weight_decay", "warmup")
 
