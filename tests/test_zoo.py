@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tbpr import zoo
-from tbpr.papers import create_model
+from tbpr.papers import create_model, get_config
 from tbpr.synthpedes import render as R
 from tbpr.zoo import pretrain as P
 
@@ -32,20 +32,38 @@ def test_shipped_members_match_their_manifests_and_recipes():
     assert total <= 40 * 2 ** 20
 
 
-@pytest.mark.parametrize("model, field, member, ours", [
-    ("ivt", "pretrained_vit", "vit-s", "blocks.1.attn.qkv.weight"),
-    ("cada", "pretrained", "vit-s-mlp4", "visual_encoder.blocks.1.attn.qkv.weight"),
-])
-def test_quick_model_builds_offline_with_its_zoo_weights(model, field, member, ours):
+# (paper, config field, member, our parameter, the member's key): the quick profile loads the member
+QUICK_MEMBERS = [
+    ("ivt", "pretrained_vit", "vit-s", "blocks.1.attn.qkv.weight", "blocks.1.attn.qkv.weight"),
+    ("ivt", "pretrained_bert", "bert-s", "blocks.1.mlp_txt.fc1.weight", "encoder.layer.1.intermediate.dense.weight"),
+    ("ssan", "pretrained", "resnet-s", "visual.layer3.0.conv1.weight", "layer3.0.conv1.weight"),
+    ("mia", "pretrained", "vgg-s", "cnn.4.weight", "features.4.weight"),
+    ("lgur", "vision_pretrained", "deit-s", "visual.vit.blocks.1.attn.qkv.weight", "blocks.1.attn.qkv.weight"),
+]
+
+
+@pytest.mark.parametrize("model, field, member, ours, theirs", QUICK_MEMBERS)
+def test_quick_profile_builds_offline_from_its_zoo_member(model, field, member, ours, theirs):
+    """The quick profile itself names the member (no override), and the parameter is the member's
+    whatever the seed."""
+    if member not in zoo.available():
+        pytest.skip(f"{member} not shipped")
+    assert getattr(get_config(model, "quick"), field) == f"zoo:{member}"
+    expected = zoo.load(f"zoo:{member}")[theirs]
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        assert torch.equal(create_model(model, "quick").state_dict()[ours], expected), (model, seed)
+
+
+def test_cada_quick_builds_offline_with_its_zoo_vit():
+    member = "vit-s-mlp4"
     if member not in zoo.available():
         pytest.skip(f"{member} not shipped")
     theirs = zoo.load(f"zoo:{member}")["blocks.1.attn.qkv.weight"]
-    params = []
     for seed in (0, 1):
         torch.manual_seed(seed)
-        net = create_model(model, "quick", **{field: f"zoo:{member}"})
-        params.append(net.state_dict()[ours])
-    assert torch.equal(params[0], theirs) and torch.equal(params[1], theirs)
+        net = create_model("cada", "quick", pretrained=f"zoo:{member}")
+        assert torch.equal(net.state_dict()["visual_encoder.blocks.1.attn.qkv.weight"], theirs)
 
 
 def _copy_zoo(tmp_path, monkeypatch, name):
@@ -84,13 +102,15 @@ def test_run_cache_key_includes_the_zoo_sha256(smoke_root):
     assert key != plain_key
 
 
-def test_pretrain_smoke_runs_in_seconds(tmp_path):
+@pytest.mark.parametrize("name", sorted({r["kind"]: n for n, r in P.MEMBERS.items()}.values()))
+def test_pretrain_smoke_runs_in_seconds_for_every_kind(tmp_path, name):
     from tbpr.cli import main
 
     start = time.time()
-    main(["pretrain", "vit-s", "--profile", "smoke", "--out", str(tmp_path)])
-    meta = json.loads((tmp_path / "vit-s.json").read_text())
-    assert meta["profile"] == "smoke" and zoo.sha256(tmp_path / "vit-s.safetensors") == meta["sha256"]
+    main(["pretrain", name, "--profile", "smoke", "--out", str(tmp_path)])
+    meta = json.loads((tmp_path / f"{name}.json").read_text())
+    assert meta["profile"] == "smoke" and zoo.sha256(tmp_path / f"{name}.safetensors") == meta["sha256"]
+    assert meta["kind"] == P.MEMBERS[name]["kind"]
     assert time.time() - start < 60
 
 
@@ -124,3 +144,35 @@ def test_the_shifted_corpus_captions_and_renders_unlike_the_benchmark():
     plain = R.render_image(person, np.random.default_rng(1))[0]
     assert np.array_equal(plain, R.render_image(person, np.random.default_rng(1), R.LOOKS["benchmark"])[0])
     assert not np.array_equal(plain, R.render_image(person, np.random.default_rng(1), R.LOOKS["web"])[0])
+
+
+# the aligned member (BLIP's layout): CADA's quick loads it whole, IRRA's quick its encoders
+ALIGNED = [("cada", {"pretrained": "zoo:blip-s"}, "text_encoder.layers.1.fc1.weight",
+            "text_encoder.encoder.layer.1.intermediate.dense.weight"),
+           ("cada", {"pretrained": "zoo:blip-s"}, "itm_head.weight", "itm_head.weight"),
+           ("irra", {"vision_pretrained": "zoo:blip-s", "text_pretrained": "zoo:blip-s"},
+            "image_encoder.blocks.1.attn.qkv.weight", "visual_encoder.blocks.1.attn.qkv.weight"),
+           ("irra", {"vision_pretrained": "zoo:blip-s", "text_pretrained": "zoo:blip-s"},
+            "text_encoder.bert.encoder.layer.1.intermediate.dense.weight",
+            "text_encoder.encoder.layer.1.intermediate.dense.weight")]
+
+
+@pytest.mark.parametrize("model, fields, ours, theirs", ALIGNED)
+def test_cada_and_irra_quick_start_from_the_aligned_member(model, fields, ours, theirs):
+    if "blip-s" not in zoo.available():
+        pytest.skip("blip-s not shipped")
+    cfg = get_config(model, "quick")
+    assert all(getattr(cfg, k) == v for k, v in fields.items())  # the quick profile names it itself
+    expected = zoo.load("zoo:blip-s")[theirs]
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        assert torch.equal(create_model(model, "quick").state_dict()[ours], expected), (model, seed)
+
+
+def test_the_aligned_member_is_refused_by_a_model_of_other_sizes():
+    if "blip-s" not in zoo.available():
+        pytest.skip("blip-s not shipped")
+    with pytest.raises(ValueError, match="text.tokenizer=bert"):
+        create_model("cada", "quick", pretrained="zoo:blip-s", text={"tokenizer": "words", "vocab_size": 0})
+    with pytest.raises(ValueError, match="vision_pretrained"):
+        create_model("irra", "quick", vision_pretrained="zoo:blip-s", vision_width=32, vision_heads=2)
