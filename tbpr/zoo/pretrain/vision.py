@@ -104,6 +104,16 @@ def build_trunk(kind: str, arch: dict) -> tuple[nn.Module, int]:
     raise ValueError(f"unknown image-only member kind {kind!r}; choose one of {sorted(TRAINERS)}")
 
 
+def identity_labels(gt) -> tuple[list[str], dict[str, list], np.ndarray]:
+    """(file paths, {"identity": ids}, labels [n_images, 1]): one head classifying the person, the
+    alternative objective (``objective="identities"`` in a recipe). Measured for resnet-s (SSAN quick,
+    3 seeds): R1 8.20 against 11.64 from the attribute heads, so the members use the attributes."""
+    files = sorted(gt.images)
+    ids = sorted({gt.images[fp].id for fp in files})
+    index = {pid: i for i, pid in enumerate(ids)}
+    return files, {"identity": ids}, np.array([[index[gt.images[fp].id]] for fp in files])
+
+
 class AttributeNet(nn.Module):
     """A trunk (ViT: [CLS] after the final norm; CNN: global average of its map) + one linear head
     per attribute."""
@@ -157,7 +167,8 @@ def train_attributes(name: str, recipe: dict, seed: int, progress: bool) -> tupl
     t0 = time.time()
     corpus_profile, corpus_seed = recipe["corpus"]
     root = ensure(corpus_profile, corpus_seed)
-    files, heads, labels = attribute_labels(load_ground_truth(root))
+    labelling = identity_labels if recipe.get("objective") == "identities" else attribute_labels
+    files, heads, labels = labelling(load_ground_truth(root))
     arch = recipe["arch"]
     images = _load_images(root, files, tuple(arch["image_size"]), progress)
     if not progress:
@@ -195,7 +206,9 @@ def train_attributes(name: str, recipe: dict, seed: int, progress: bool) -> tupl
     meta = {"layout": layout[recipe["kind"]], "arch": arch,
             "norm": {"mean": recipe["norm"][0], "std": recipe["norm"][1]},
             "corpus": {"synthpedes_profile": corpus_profile, "seed": corpus_seed, "images": len(files)},
-            "heads": heads, "final_loss": round(float(np.mean(losses[-50:])), 4),
+            "objective": recipe.get("objective", "attributes"),
+            "heads": {a: (v if len(v) <= 64 else f"{len(v)} classes") for a, v in heads.items()},
+            "final_loss": round(float(np.mean(losses[-50:])), 4),
             "train_accuracy": {a: round(v, 3) for a, v in acc.items()}}
     if recipe["kind"] == "vit-attributes":  # the position grid, for loaders at another image size
         meta["grid"] = [arch["image_size"][0] // arch["patch_size"], arch["image_size"][1] // arch["patch_size"]]
