@@ -406,12 +406,15 @@ def test_cpu_profiles_deviate_only_in_documented_hyperparameters_and_the_paper_k
     from tbpr.experiments import get_config
     paper = get_config("cada", "paper")
     assert (paper.temperature, paper.init_std) == (0.02, 0.02)  # the paper's tau; BERT/ViT init
-    for profile, width in (("quick", 64), ("smoke", 32)):
-        cfg = get_config("cada", profile)
-        assert cfg.temperature == 0.5  # tau = 0.02 collapses from random init (cada.yaml header)
-        assert cfg.init_std == pytest.approx(width ** -0.5, abs=1e-3)
+    quick = get_config("cada", "quick")  # from the zoo's aligned member: the paper's tau and init again
+    assert (quick.temperature, quick.init_std, quick.pretrained) == (0.02, 0.02, "zoo:blip-s")
+    assert quick.text.tokenizer == "bert" and quick.text.vocab_size == 30524  # BLIP's WordPiece ids
+    smoke = get_config("cada", "smoke")  # random weights: tau = 0.02 collapses (paper.yaml header)
+    assert smoke.temperature == 0.5 and smoke.init_std == pytest.approx(32 ** -0.5, abs=1e-3)
+    for cfg, width in ((quick, 64), (smoke, 32)):
         assert cfg.text.width == cfg.vision.width == width
         assert cfg.global_loss == "ndf" and cfg.atp.enabled and cfg.ara.enabled  # every module and loss stays
+
 
 def test_words_tokenizer_without_vocab_uses_every_whole_wordpiece_word():
     from tbpr.data.text import wordpiece_words

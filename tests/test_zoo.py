@@ -176,3 +176,14 @@ def test_the_aligned_member_is_refused_by_a_model_of_other_sizes():
         create_model("cada", "quick", pretrained="zoo:blip-s", text={"tokenizer": "words", "vocab_size": 0})
     with pytest.raises(ValueError, match="vision_pretrained"):
         create_model("irra", "quick", vision_pretrained="zoo:blip-s", vision_width=32, vision_heads=2)
+
+
+def test_cadas_dual_encoder_row_loads_the_aligned_member_without_its_heads():
+    """Table IV's baseline has no decoder: BLIP's ITM / MLM heads and cross-attention stay behind."""
+    if "blip-s" not in zoo.available():
+        pytest.skip("blip-s not shipped")
+    from tbpr.papers import ablation_rows
+
+    net = create_model("cada", "quick", **ablation_rows("cada", "table4")["0 Baseline (CMPM)"])
+    assert not hasattr(net, "itm_head") and not hasattr(net.text_encoder.layers[0], "cross_attn")
+    assert torch.equal(net.state_dict()["text_proj.weight"], zoo.load("zoo:blip-s")["text_proj.weight"])

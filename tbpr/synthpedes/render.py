@@ -956,7 +956,7 @@ def _typo(cap: _Caption, rng, p: float):
 # salient attributes, other templates, other words (each concept named by a benchmark word only
 # with probability WEB["same_word"], else a synonym the benchmark never uses), wrong colours now
 # and then, and some captions that describe nothing (a web page's alt text often does not).
-WEB = dict(same_word=.5, wrong_colour=.05, no_colour=.2, typo=.08,
+WEB = dict(same_word=.25, wrong_colour=.05, no_colour=.2, typo=.08,
            forms={"tags": .3, "alt": .4, "sentence": .25, "noise": .05})
 WEB_COLOURS = {"black": ["jet", "ebony", "charcoal black"], "white": ["ivory", "snow", "off-white"],
                "grey": ["charcoal", "silver", "ash"], "red": ["crimson", "scarlet", "cherry"],

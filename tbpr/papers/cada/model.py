@@ -666,6 +666,10 @@ def blip_to_cada_names(blip_state: dict, separate_decoder: bool = False) -> dict
     return out
 
 
+_ONLY_WITH_DECODER = ("itm_head.", "itm_local_head.", "mlm_head.", "text_decoder.")
+_CROSS = re.compile(r"^text_encoder\.layers\.\d+\.cross_(attn|norm)\.")
+
+
 def _check_shapes(model: CADA, state: dict, path: str) -> None:
     """One line naming the first tensor whose shape differs (another width, vocabulary or text length)."""
     own = model.state_dict()
@@ -707,6 +711,9 @@ def load_blip(model: CADA, path: str) -> None:
         patches = F.interpolate(patches, size=grid, mode="bicubic", align_corners=False)
         state["visual_encoder.pos_embed"] = torch.cat([pos[:, :1], patches.flatten(2).transpose(1, 2)], 1)
     missing, unexpected = model.load_state_dict(state, strict=False)
+    # BLIP's heads and cross-attention have no place in a CADA without ATP / ARA (Table IV rows 0-1:
+    # BLIP's dual encoder alone); anything else that does not fit is a wrong file
+    unexpected = [k for k in unexpected if not k.startswith(_ONLY_WITH_DECODER) and not _CROSS.match(k)]
     if unexpected:
         raise ValueError(f"{path}: unexpected BLIP entries {unexpected[:5]}")
     random_init = [k for k in missing if not k.startswith("itm_local_head")]
