@@ -231,7 +231,7 @@ def train_blip(name: str, recipe: dict, seed: int, progress: bool) -> tuple[dict
         if (step + 1) % 250 == 0 or step + 1 == recipe["steps"]:
             history.append({"step": step + 1, **{k: round(v.item(), 4) for k, v in parts.items()},
                             "temperature": round(temp.item(), 4)})
-        log_step(bar, name, step, recipe["steps"], losses, progress)
+        log_step(bar, name, step, recipe["steps"], losses, progress, t0)
     train_seconds = time.time() - t0
     with torch.no_grad():
         temp.clamp_(0.001, 0.5)

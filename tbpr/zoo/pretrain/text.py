@@ -94,7 +94,7 @@ def train_bert_mlm(name: str, recipe: dict, seed: int, progress: bool) -> tuple[
         opt.step()
         sched.step()
         losses.append(float(loss.detach()))
-        log_step(bar, name, step, recipe["steps"], losses, progress)
+        log_step(bar, name, step, recipe["steps"], losses, progress, t0)
     model.eval()
     with torch.no_grad():  # masked-piece accuracy on (up to) 2,048 captions, one fixed masking
         idx = torch.arange(min(len(captions), 2048))

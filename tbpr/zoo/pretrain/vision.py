@@ -195,7 +195,7 @@ def train_attributes(name: str, recipe: dict, seed: int, progress: bool) -> tupl
         opt.step()
         sched.step()
         losses.append(float(loss.detach()))
-        log_step(bar, name, step, recipe["steps"], losses, progress)
+        log_step(bar, name, step, recipe["steps"], losses, progress, t0)
     model.eval()
     with torch.no_grad():  # training-set accuracy per head on (up to) 2,048 unaugmented images
         idx = torch.arange(min(len(files), 2048))
