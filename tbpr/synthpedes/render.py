@@ -1130,22 +1130,29 @@ def _render_person(args):
     return out
 
 
-def render(profile: str, seed: int, out: Path, workers: int | None = None) -> Path:
+SPLITS = ("train", "val", "test")
+
+
+def render(profile: str, seed: int, out: Path, workers: int | None = None, splits=SPLITS) -> Path:
     """Render SynthPedes into ``out`` (which must not exist yet) in the CUHK-PEDES layout.
 
     Each identity is rendered from its own seeded stream, so the output is byte-identical for any
-    number of ``workers`` (default: one per core up to 8 for large renders, else in-process).
+    number of ``workers`` (default: one per core up to 8 for large renders, else in-process), and
+    rendering only some ``splits`` gives those splits' images, records and ground truth exactly as
+    the full render has them (the explorer's gallery needs only the test split: ``ensure_split``).
     """
     if profile not in PROFILES:
         raise ValueError(f"unknown SynthPedes profile {profile!r}; choose one of {list(PROFILES)}")
-    people = build_identities(profile, seed)
+    if not splits or set(splits) - set(SPLITS):
+        raise ValueError(f"splits={splits!r}: choose among {list(SPLITS)}")
+    people = [p for p in build_identities(profile, seed) if p["split"] in splits]
     spec = PROFILES[profile]
     jobs = [(seed, person, spec["captions"], spec.get("look", "benchmark"), spec.get("captions_style", "benchmark"))
             for person in people]
     n_images = sum(p["n_images"] for p in people)
     if workers is None:
         workers = 1 if n_images < 600 else min(os.cpu_count() or 1, 8)
-    for split in ("train", "val", "test"):
+    for split in SPLITS:  # every split's folder, empty when not rendered: the layout stays the same
         (out / "imgs" / split).mkdir(parents=True)
         (out / "gt" / split).mkdir(parents=True)
     records, gt_images, gt_captions = [], {}, {}
@@ -1169,6 +1176,8 @@ def render(profile: str, seed: int, out: Path, workers: int | None = None) -> Pa
     gt = {"version": VERSION, "profile": profile, "seed": seed, "size": list(SIZE),
           "region_codes": REGION_CODES, "identities": identities, "images": gt_images,
           "captions": gt_captions}
+    if tuple(splits) != SPLITS:  # a part is never taken for the whole (rendered_as, ensure)
+        gt["splits"] = [s for s in SPLITS if s in splits]
     (out / "reid_raw.json").write_text(json.dumps(records, sort_keys=True))
     (out / GT_FILE).write_text(json.dumps(gt, sort_keys=True))
     return out
@@ -1194,7 +1203,8 @@ def rendered_as(root) -> dict | None:
     if not path.exists():
         return None
     gt = json.loads(path.read_text())
-    return {k: gt.get(k) for k in ("profile", "seed", "version")}
+    held = {k: gt.get(k) for k in ("profile", "seed", "version")}
+    return {**held, "splits": gt["splits"]} if "splits" in gt else held
 
 
 def ensure(profile: str = "smoke", seed: int = 0, root: str | Path | None = None,
@@ -1221,8 +1231,9 @@ def ensure(profile: str = "smoke", seed: int = 0, root: str | Path | None = None
             return root
         if not force:
             raise FileExistsError(
-                f"{root} holds SynthPedes {held['profile']} seed {held['seed']} (v{held['version']}),"
-                f" not {profile} seed {seed} (v{VERSION}); pass --force (force=True) to render "
+                f"{root} holds SynthPedes {held['profile']} seed {held['seed']} (v{held['version']})"
+                + (f" ({' + '.join(held['splits'])} only)" if "splits" in held else "") +
+                f", not {profile} seed {seed} (v{VERSION}); pass --force (force=True) to render "
                 f"{profile} seed {seed} in its place, or another folder")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")
@@ -1246,6 +1257,32 @@ def ensure(profile: str = "smoke", seed: int = 0, root: str | Path | None = None
             shutil.rmtree(tmp, ignore_errors=True)
             raise FileExistsError(f"{root} exists but holds no SynthPedes (no reid_raw.json); "
                                   f"remove it or pass another root") from None
+    return root
+
+
+def ensure_split(profile: str = "smoke", split: str = "test", seed: int = 0) -> Path:
+    """A root holding ``split`` of SynthPedes ``profile``/``seed`` in the cache: the full render when
+    it is there, else one of that split alone (``<full name>-<split>``, rendered on first use; its
+    images and records are the full render's, so the quick test split costs ~45 % of a full render).
+    For readers of one split (the explorer's gallery); a run's data is always the full render."""
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r}: choose one of {list(SPLITS)}")
+    full = cache_dir() / "synthpedes" / f"{profile}-seed{seed}-v{VERSION}"
+    if (full / "reid_raw.json").exists():
+        return full
+    root = full.with_name(f"{full.name}-{split}")
+    if (root / "reid_raw.json").exists():
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    render(profile, seed, tmp, splits=(split,))
+    try:
+        os.rename(tmp, root)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (root / "reid_raw.json").exists():
+            raise FileExistsError(f"{root} exists but holds no SynthPedes (no reid_raw.json); remove it") from None
     return root
 
 
