@@ -187,3 +187,16 @@ def test_cadas_dual_encoder_row_loads_the_aligned_member_without_its_heads():
     net = create_model("cada", "quick", **ablation_rows("cada", "table4")["0 Baseline (CMPM)"])
     assert not hasattr(net, "itm_head") and not hasattr(net.text_encoder.layers[0], "cross_attn")
     assert torch.equal(net.state_dict()["text_proj.weight"], zoo.load("zoo:blip-s")["text_proj.weight"])
+
+
+def test_recipes_draw_whole_batches_from_a_fresh_permutation_each_pass_and_log_a_curve():
+    from tbpr.zoo.pretrain.common import batch_indices, loss_history
+
+    g = torch.Generator().manual_seed(0)
+    batches = batch_indices(10, 4, g)
+    first_pass = [next(batches) for _ in range(2)]  # 10 // 4: the last two examples wait for the next pass
+    expected = torch.randperm(10, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(torch.cat(first_pass), expected[:8])
+    assert len(set(next(batches).tolist())) == 4
+    assert loss_history([1.0, 3.0, 5.0, 7.0, 9.0], every=2) == [
+        {"step": 2, "loss": 2.0}, {"step": 4, "loss": 6.0}, {"step": 5, "loss": 9.0}]

@@ -73,6 +73,7 @@ def test_corpus_sample_renders_the_same_people_the_full_render_writes(tmp_path, 
     """Without a cached render the people are rendered in memory; with one they are read from it."""
     from tbpr.synthpedes import ensure
 
+    monkeypatch.setenv("TBPR_CACHE", str(tmp_path))  # no render of the corpus yet, whatever ran before
     people, source = corpus.sample("pretrain-smoke", n=3)
     assert source == "rendered in memory" and len(people) == 3
     assert [p["id"] for p in people] == sorted({p["id"] for p in people})

@@ -46,7 +46,7 @@ from ...evaluate import evaluate
 from ...papers import get_config
 from ...papers.cada.model import CADA, blip_to_cada_names
 from ...synthpedes import ensure
-from .common import log_step, warmup_cosine
+from .common import batch_indices, log_step, warmup_cosine
 from .vision import CLIP_NORM, _augment, _load_images
 
 # name -> recipe; ``role`` says which config fields load it and whose weights it stands in for
@@ -210,14 +210,11 @@ def train_blip(name: str, recipe: dict, seed: int, progress: bool) -> tuple[dict
     params = [p for n, p in net.named_parameters() if not n.startswith("itm_local_head")] + [temp]
     opt = torch.optim.AdamW(params, lr=recipe["lr"], weight_decay=recipe["weight_decay"])
     sched = warmup_cosine(opt, recipe["steps"], recipe["warmup"])
-    history, losses, order, pos = [], [], torch.randperm(len(images), generator=g), 0
+    history, losses, batches = [], [], batch_indices(len(images), recipe["batch_size"], g)
     bar = tqdm(range(recipe["steps"]), desc=f"pretrain {name}", disable=not progress)
     net.train()
     for step in bar:
-        if pos + recipe["batch_size"] > len(order):
-            order, pos = torch.randperm(len(images), generator=g), 0
-        idx = order[pos:pos + recipe["batch_size"]]
-        pos += recipe["batch_size"]
+        idx = next(batches)
         x = (_augment(images[idx].float() / 255.0, g) - mean) / std
         pick = torch.randint(0, 1 << 30, (len(idx),), generator=g)  # one caption of each image
         ids = torch.stack([encoded[i][int(k) % len(encoded[i])] for i, k in zip(idx.tolist(), pick)])

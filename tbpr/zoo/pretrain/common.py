@@ -23,3 +23,19 @@ def log_step(bar, name: str, step: int, steps: int, losses: list[float], progres
     if not progress and (step + 1) % 250 == 0:
         print(f"pretrain {name}: step {step + 1}/{steps} loss {np.mean(losses[-250:]):.3f} "
               f"{time.time() - t0:.0f} s", file=sys.stderr, flush=True)
+
+
+def batch_indices(n: int, batch_size: int, g: torch.Generator):
+    """Endless batches of indices into ``n`` examples: a fresh permutation each pass, the last
+    incomplete batch of a pass dropped."""
+    while True:
+        order = torch.randperm(n, generator=g)
+        for pos in range(0, n - batch_size + 1, batch_size):
+            yield order[pos:pos + batch_size]
+
+
+def loss_history(losses: list[float], every: int = 250) -> list[dict]:
+    """The mean loss of each ``every`` steps (and of the last, shorter stretch): the manifest's
+    pre-training curve."""
+    return [{"step": min(end, len(losses)), "loss": round(float(np.mean(losses[end - every:end])), 4)}
+            for end in range(every, len(losses) + every, every) if end - every < len(losses)]

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from ...data.formats import load
 from ...data.text import bert_tokenizer
 from ...synthpedes import ensure
-from .common import log_step, warmup_cosine
+from .common import batch_indices, log_step, loss_history, warmup_cosine
 
 # name -> recipe; ``role`` says which config field loads it, and whose weights it stands in for
 MEMBERS = {
@@ -75,14 +75,11 @@ def train_bert_mlm(name: str, recipe: dict, seed: int, progress: bool) -> tuple[
     model = BertForMaskedLM(BertConfig(**recipe["arch"]))
     opt = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], weight_decay=recipe["weight_decay"])
     sched = warmup_cosine(opt, recipe["steps"], recipe["warmup"])
-    losses, order, pos = [], torch.randperm(len(captions), generator=g), 0
+    losses, batches = [], batch_indices(len(captions), recipe["batch_size"], g)
     bar = tqdm(range(recipe["steps"]), desc=f"pretrain {name}", disable=not progress)
     model.train()
     for step in bar:
-        if pos + recipe["batch_size"] > len(order):
-            order, pos = torch.randperm(len(captions), generator=g), 0
-        idx = order[pos:pos + recipe["batch_size"]]
-        pos += recipe["batch_size"]
+        idx = next(batches)
         length = int(att_all[idx].sum(1).max())  # trim the batch to its longest caption
         ids, att, special = ids_all[idx, :length], att_all[idx, :length], special_all[idx, :length]
         masked, labels = mask_tokens(ids, special, recipe["mask_ratio"], tokenizer, g)
@@ -107,7 +104,8 @@ def train_bert_mlm(name: str, recipe: dict, seed: int, progress: bool) -> tuple[
     meta = {"layout": "transformers-bert", "arch": recipe["arch"], "tokenizer": "bert-base-uncased (offline copy)",
             "corpus": {"synthpedes_profile": corpus_profile, "seed": corpus_seed, "captions": len(captions)},
             "mask_ratio": recipe["mask_ratio"], "max_len": recipe["max_len"],
-            "final_loss": round(float(np.mean(losses[-50:])), 4), "masked_accuracy": round(accuracy, 3)}
+            "final_loss": round(float(np.mean(losses[-50:])), 4), "history": loss_history(losses),
+            "masked_accuracy": round(accuracy, 3)}
     return state, meta
 
 

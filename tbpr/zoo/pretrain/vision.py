@@ -24,7 +24,7 @@ from torch import nn
 from ...backbones import resnet_small, vgg_mini
 from ...data.transforms import decode_image
 from ...synthpedes import ensure, load_ground_truth
-from .common import log_step, warmup_cosine
+from .common import batch_indices, log_step, loss_history, warmup_cosine
 
 IMAGENET_HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # ViT-B/16 (orig_in21k) normalisation: IVT; SSAN
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # DeiT, torchvision VGG: LGUR, MIA
@@ -179,13 +179,10 @@ def train_attributes(name: str, recipe: dict, seed: int, progress: bool) -> tupl
     model = AttributeNet(recipe["kind"], arch, heads)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], weight_decay=recipe["weight_decay"])
     sched = warmup_cosine(opt, recipe["steps"], recipe["warmup"])
-    losses, order, pos = [], torch.randperm(len(files), generator=g), 0
+    losses, batches = [], batch_indices(len(files), recipe["batch_size"], g)
     bar = tqdm(range(recipe["steps"]), desc=f"pretrain {name}", disable=not progress)
     for step in bar:
-        if pos + recipe["batch_size"] > len(order):
-            order, pos = torch.randperm(len(files), generator=g), 0
-        idx = order[pos:pos + recipe["batch_size"]]
-        pos += recipe["batch_size"]
+        idx = next(batches)
         x = (_augment(images[idx].float() / 255.0, g) - mean) / std
         y = labels_t[idx]
         loss = sum(F.cross_entropy(logits, y[:, j], ignore_index=-1)
@@ -208,7 +205,7 @@ def train_attributes(name: str, recipe: dict, seed: int, progress: bool) -> tupl
             "corpus": {"synthpedes_profile": corpus_profile, "seed": corpus_seed, "images": len(files)},
             "objective": recipe.get("objective", "attributes"),
             "heads": {a: (v if len(v) <= 64 else f"{len(v)} classes") for a, v in heads.items()},
-            "final_loss": round(float(np.mean(losses[-50:])), 4),
+            "final_loss": round(float(np.mean(losses[-50:])), 4), "history": loss_history(losses),
             "train_accuracy": {a: round(v, 3) for a, v in acc.items()}}
     if recipe["kind"] == "vit-attributes":  # the position grid, for loaders at another image size
         meta["grid"] = [arch["image_size"][0] // arch["patch_size"], arch["image_size"][1] // arch["patch_size"]]
