@@ -47,6 +47,7 @@ import textwrap
 import time
 import warnings
 from collections import OrderedDict
+from collections.abc import Mapping
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -57,7 +58,8 @@ from matplotlib.colors import Normalize
 
 import ipywidgets as w
 
-from . import experiments, shipped
+from . import experiments, shipped, synthpedes
+from .config import cache_dir
 from .data.datasets import EvalSet, load_eval_images
 from .data.formats import Record
 from .data.transforms import decode_image
@@ -251,6 +253,60 @@ FUNCTION_WORDS = frozenset("a an the in on of at to for by from with and or but 
                            "who which while".split())
 
 
+# ----------------------------------------------------------------------------- models on demand
+class LazyModels(Mapping):
+    """``{name: model}`` whose models are built from their checkpoints when first looked up (each
+    takes ~1 s and ~100 MB; a fresh start shows one model first), then kept. Iterating gives the
+    names without loading anything; ``loaded`` names those built so far."""
+
+    def __init__(self, loaders: dict, device: str = "cpu"):
+        self._loaders = dict(loaders)  # name -> checkpoint path, or a zero-argument function
+        self._device = device
+        self._models: dict = {}
+
+    def __getitem__(self, name: str):
+        if name not in self._models:
+            source = self._loaders[name]
+            model = source() if callable(source) else _load_checkpoint(source, self._device)
+            self._models[name] = model.eval()
+        return self._models[name]
+
+    def __iter__(self):
+        return iter(self._loaders)
+
+    def __len__(self) -> int:
+        return len(self._loaders)
+
+    @property
+    def loaded(self) -> list[str]:
+        return [n for n in self._loaders if n in self._models]
+
+
+def _load_checkpoint(path, device: str):
+    meta = read_checkpoint(path)
+    cfg = experiments.get_config(meta["model"], "paper", meta["config"])
+    return experiments.load_trained(meta["model"], cfg, path).to(device)
+
+
+def _cached_run(name: str, profile: str, **kwargs):
+    """The evaluated run of ``name``'s full configuration at ``profile`` in the run cache, else None.
+    Looks for the data (rendering it on a fresh clone) only when the cache holds some run of that
+    model and profile: a fresh clone renders only the gallery's split."""
+    if not any((cache_dir() / "experiments").glob(f"{name}-{profile}-*")):
+        return None
+    return experiments.run(name, profile, cache_only=True, **kwargs)
+
+
+def split_records(dataset: str, data_root, profile: str, split: str = "test") -> list:
+    """The records of ``split``: of SynthPedes in the cache, the full render when there, else that
+    split rendered alone (same bytes, ~45 % of the time: ``synthpedes.ensure_split``)."""
+    if dataset == "synthpedes" and data_root is None:
+        root = synthpedes.ensure_split(experiments.DATA_PROFILE[profile], split)
+    else:
+        root = experiments.resolve_data_root(dataset, data_root, profile)
+    return experiments.load_records(dataset, root)[split]
+
+
 # ----------------------------------------------------------------------------- the explorer
 class Explorer:
     """Retrieval + the models' own word maps for one or more trained models over a test split.
@@ -268,7 +324,8 @@ class Explorer:
         ``images``: a folder of your own images searched instead (``use_images``)."""
         if records is None and images is None:
             raise ValueError("Explorer needs a gallery: records (a split) or images= (a folder of images)")
-        self.models = {name: m.eval() for name, m in models.items()}
+        # checkpoints are built when first shown (LazyModels); models given built are used as they are
+        self.models = models if isinstance(models, LazyModels) else {name: m.eval() for name, m in models.items()}
         self.batch_size = batch_size
         self.metrics = {name: dict(m) for name, m in (metrics or {}).items() if m}
         self._split = list(records or [])
@@ -314,20 +371,18 @@ class Explorer:
                          profile: str = "quick", split: str = "test", device: str = "cpu",
                          metrics: dict | None = None, images=None) -> "Explorer":
         """Models rebuilt from tbpr checkpoints ``{name: model.safetensors or its run folder}``
-        (each with the vocabulary saved in it); ``split`` of the dataset is the gallery, or the folder
-        ``images``. A model's
+        (each with the vocabulary saved in it; built when first shown, ``LazyModels``); ``split`` of
+        the dataset is the gallery (SynthPedes: that split alone when the cache has no full render),
+        or the folder ``images``. A model's
         metrics come from ``metrics`` or else from the ``result.json`` / ``metrics.json`` beside its
         checkpoint (a run folder of the cache holds the first)."""
-        root = experiments.resolve_data_root(dataset, data_root, profile)
-        records = experiments.load_records(dataset, root)
-        models, found = {}, dict(metrics or {})
+        paths, found = {}, dict(metrics or {})
         for name, path in checkpoints.items():
-            path = Path(path) / "model.safetensors" if Path(path).is_dir() else Path(path)
-            meta = read_checkpoint(path)
-            cfg = experiments.get_config(meta["model"], "paper", meta["config"])
-            models[name] = experiments.load_trained(meta["model"], cfg, path).to(device)
+            paths[name] = path = Path(path) / "model.safetensors" if Path(path).is_dir() else Path(path)
+            read_checkpoint(path)  # a missing or damaged file is named now, not when its model is first shown
             found.setdefault(name, _metrics_beside(path))
-        return cls(models, records[split], metrics=found, images=images)
+        records = split_records(dataset, data_root, profile, split)
+        return cls(LazyModels(paths, device), records, metrics=found, images=images)
 
     @classmethod
     def from_folder(cls, folder, models=None, **kwargs) -> "Explorer":
@@ -352,8 +407,8 @@ class Explorer:
         came from. ``images``: a folder of your own images as the gallery."""
         checkpoints, metrics, sources, missing = {}, {}, {}, []
         for name in models or MODEL_NAMES:
-            result = experiments.run(name, profile, dataset=dataset, data_root=data_root, device=device,
-                                     progress=progress, cache_only=True)
+            result = _cached_run(name, profile, dataset=dataset, data_root=data_root, device=device,
+                                 progress=progress)
             copied = None if fallback is None else next(
                 (p for p in (Path(fallback) / name / "model.safetensors", Path(fallback) / f"{name}.safetensors")
                  if p.is_file()), None)

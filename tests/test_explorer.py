@@ -172,6 +172,8 @@ def test_from_checkpoints_rebuilds_the_models(papers, smoke_root, tmp_path):
     loaded = Explorer.from_checkpoints({"ssan": tmp_path / "ssan",  # a run folder
                                         "toy": f"{toy_run}/model.safetensors"}, data_root=smoke_root)
     caption = papers.eval_set.captions[5]
+    assert loaded.models.loaded == [] and list(loaded.models) == ["ssan", "toy"]  # built when first shown
+    assert loaded.search("toy", caption, 4) and loaded.models.loaded == ["toy"]
     for name, reference in (("ssan", papers), ("toy", toy)):
         assert torch.allclose(loaded.search(name, caption, 4)[1], reference.search(name, caption, 4)[1])
     assert explain(loaded.models["ssan"], caption, loaded.gallery("ssan")[0][0])["kind"].startswith(KIND["ssan"])

@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from tbpr import cli, experiments, shipped
+from tbpr import cli, experiments, shipped, synthpedes
 from tbpr.engine import read_checkpoint
 
 SHIPPED = shipped.available()
@@ -140,4 +140,7 @@ def test_the_explorer_opens_on_a_shipped_model_without_training(smoke_shipped, t
     seconds = time.perf_counter() - start
     assert list(explorer.models) == ["ssan"] and explorer.sources["ssan"].startswith("shipped model")
     assert explorer.r1("ssan") == meta["metrics"]["R1"] and explorer.last["results"]
+    # a fresh clone renders the gallery's split alone, not the training data the shipped model needs not
+    rendered = [p.name for p in (tmp_path / "empty-cache" / "synthpedes").iterdir() if not p.name.startswith(".")]
+    assert rendered == [f"smoke-seed0-v{synthpedes.VERSION}-test"] and not (tmp_path / "empty-cache" / "experiments").exists()
     print(f"explorer cold start on a shipped smoke model (data rendered): {seconds:.1f} s")
