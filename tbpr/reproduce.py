@@ -97,16 +97,32 @@ def publish(executed: Path, repo: Path = REPO) -> None:
     scaled down, and this machine's paths written as ``.`` (the repository) and ``~`` (home)."""
     notebook = json.loads(Path(executed).read_text())
     notebook.get("metadata", {}).pop("widgets", None)
-    places = [(str(Path(repo).resolve()), "."), (str(Path.home()), "~")]
+    places = _machine_places(repo)
     for cell in notebook["cells"]:
         if cell["cell_type"] == "code":
             cell["outputs"] = [_published_output(o, places) for o in cell.get("outputs", [])
                                if not _progress_bar(o)]
+            if "injected-parameters" in cell.get("metadata", {}).get("tags", []):  # papermill's paths
+                cell["source"] = _relative(cell["source"], places)
     papermill_meta = notebook.get("metadata", {}).get("papermill", {})
     for key in ("input_path", "output_path"):
         if isinstance(papermill_meta.get(key), str):
             papermill_meta[key] = _relative(papermill_meta[key], places)
+    parameters = papermill_meta.get("parameters", {})
+    for key, value in parameters.items():
+        if isinstance(value, str):
+            parameters[key] = _relative(value, places)
     Path(executed).write_text(json.dumps(notebook, indent=1, ensure_ascii=False) + "\n")
+
+
+def _machine_places(repo: Path) -> list[tuple[str, str]]:
+    """This machine's folders and how a reader sees them: the repository as ``.``, a run cache
+    outside home as ``$TBPR_CACHE``, home as ``~``."""
+    places = [(str(Path(repo).resolve()), ".")]
+    cache, home = cache_dir().resolve(), Path.home().resolve()
+    if home not in cache.parents:
+        places.append((str(cache), "$TBPR_CACHE"))
+    return places + [(str(home), "~")]
 
 
 def _progress_bar(output: dict) -> bool:

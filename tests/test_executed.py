@@ -89,3 +89,23 @@ def test_executed_copies_are_kept_out_of_jupytext_pairing():
     """A reader who opens an executed copy in JupyterLab and saves it makes no paired .py."""
     config = (ROOT / "notebooks" / "executed" / "jupytext.toml").read_text()
     assert re.search(r'^formats = "ipynb"$', config, re.M)
+
+
+def test_publish_writes_papermills_parameters_and_an_outside_cache_without_this_machines_paths(tmp_path, monkeypatch):
+    cache = tmp_path / "elsewhere_cache"
+    monkeypatch.setenv("TBPR_CACHE", str(cache))
+    monkeypatch.setattr(Path, "home", lambda: tmp_path / "home")
+    out_dir = f"{ROOT}/figures"
+    notebook = nbformat.v4.new_notebook(metadata={"papermill": {"parameters": {"out_dir": out_dir, "seeds": None}}})
+    injected = nbformat.v4.new_code_cell(f'out_dir = "{out_dir}"\n')
+    injected.metadata["tags"] = ["injected-parameters"]
+    printed = nbformat.v4.new_code_cell("print(root)")
+    printed.outputs = [nbformat.v4.new_output("stream", name="stdout", text=f"synthpedes ({cache}/synthpedes/quick)\n")]
+    notebook.cells = [injected, printed]
+    path = tmp_path / "executed.ipynb"
+    nbformat.write(notebook, path)
+    reproduce.publish(path, repo=ROOT)
+    published = json.loads(path.read_text())
+    assert "".join(published["cells"][0]["source"]) == 'out_dir = "./figures"\n'
+    assert published["metadata"]["papermill"]["parameters"] == {"out_dir": "./figures", "seeds": None}
+    assert "".join(published["cells"][1]["outputs"][0]["text"]) == "synthpedes ($TBPR_CACHE/synthpedes/quick)\n"
