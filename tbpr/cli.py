@@ -11,7 +11,7 @@ from .bench import main as bench_main
 from .config import PROFILES, parse_overrides
 from .data.formats import DatasetError
 from .evaluate import evaluate
-from .experiments import load_records, load_trained, resolve_data_root, run
+from .experiments import load_trained, run
 from .papers import MODEL_NAMES, count_parameters, create_model, get_config, parameter_table, profile_diff
 from .reproduce import run_notebooks
 from .summary import update_readme, write_summary
@@ -41,14 +41,14 @@ def cmd_train(args) -> None:
 
 def cmd_eval(args) -> None:
     cfg = get_config(args.model, args.profile, parse_overrides(args.set))
-    records = load_records(args.dataset, resolve_data_root(args.dataset, args.data_root, args.profile))
+    records = shipped.split_records(args.dataset, args.data_root, args.profile, args.split)  # no training data
     if args.checkpoint is None:  # the run cache's model of this config, else the shipped one
         model, source, _ = shipped.trained(args.model, args.profile, parse_overrides(args.set), dataset=args.dataset,
                                            data_root=args.data_root, device=args.device)
         print(f"tbpr eval: {args.model} from the {source}")
     else:
         model = load_trained(args.model, cfg, args.checkpoint, official_vocab=args.official_vocab)
-    metrics = evaluate(model.to(args.device), records[args.split], model.cfg.data,
+    metrics = evaluate(model.to(args.device), records, model.cfg.data,
                        device=args.device, rerank_k=_rerank_k(args, cfg))
     return json.dumps(metrics, indent=1)
 

@@ -58,7 +58,7 @@ from matplotlib.colors import Normalize
 
 import ipywidgets as w
 
-from . import experiments, shipped, synthpedes
+from . import experiments, shipped
 from .config import cache_dir
 from .data.datasets import EvalSet, load_eval_images
 from .data.formats import Record
@@ -297,16 +297,6 @@ def _cached_run(name: str, profile: str, **kwargs):
     return experiments.run(name, profile, cache_only=True, **kwargs)
 
 
-def split_records(dataset: str, data_root, profile: str, split: str = "test") -> list:
-    """The records of ``split``: of SynthPedes in the cache, the full render when there, else that
-    split rendered alone (same bytes, ~45 % of the time: ``synthpedes.ensure_split``)."""
-    if dataset == "synthpedes" and data_root is None:
-        root = synthpedes.ensure_split(experiments.DATA_PROFILE[profile], split)
-    else:
-        root = experiments.resolve_data_root(dataset, data_root, profile)
-    return experiments.load_records(dataset, root)[split]
-
-
 # ----------------------------------------------------------------------------- the explorer
 class Explorer:
     """Retrieval + the models' own word maps for one or more trained models over a test split.
@@ -372,7 +362,7 @@ class Explorer:
                          metrics: dict | None = None, images=None) -> "Explorer":
         """Models rebuilt from tbpr checkpoints ``{name: model.safetensors or its run folder}``
         (each with the vocabulary saved in it; built when first shown, ``LazyModels``); ``split`` of
-        the dataset is the gallery (SynthPedes: that split alone when the cache has no full render),
+        the dataset is the gallery (SynthPedes: that split alone when the cache has no full render: ``shipped.split_records``),
         or the folder ``images``. A model's
         metrics come from ``metrics`` or else from the ``result.json`` / ``metrics.json`` beside its
         checkpoint (a run folder of the cache holds the first)."""
@@ -381,7 +371,7 @@ class Explorer:
             paths[name] = path = Path(path) / "model.safetensors" if Path(path).is_dir() else Path(path)
             read_checkpoint(path)  # a missing or damaged file is named now, not when its model is first shown
             found.setdefault(name, _metrics_beside(path))
-        records = split_records(dataset, data_root, profile, split)
+        records = shipped.split_records(dataset, data_root, profile, split)
         return cls(LazyModels(paths, device), records, metrics=found, images=images)
 
     @classmethod

@@ -113,6 +113,9 @@ def test_tbpr_eval_uses_the_shipped_model_and_says_so(smoke_shipped, tmp_path, m
     out, err = capsys.readouterr()
     assert json.loads(out)["R1"] == pytest.approx(meta["metrics"]["R1"], abs=shipped.TOLERANCE)
     assert f"tbpr eval: ssan from the shipped model {folder / 'ssan.safetensors'}" in err
+    # evaluated on the test split rendered alone (recorded on the full render: the same split)
+    assert [p.name for p in (tmp_path / "empty-cache" / "synthpedes").glob("smoke-*")] == \
+        [f"smoke-seed0-v{synthpedes.VERSION}-test"]
 
 
 def test_tbpr_ship_prints_the_sizes_and_answers_json(smoke_root, tmp_path):

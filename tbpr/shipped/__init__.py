@@ -7,6 +7,8 @@ under, the data's fingerprint, and the metrics of the shipped weights on the qui
 
     tbpr ship ssan | all            # (re)makes ssan.safetensors + ssan.json here from the cached quick run
     find("ssan", "quick")           # the verified checkpoint when its config is the one asked for, else None
+    split_records("synthpedes", None, "quick", "test")  # what they are explored / evaluated on: on a fresh
+                                    # clone the test split rendered alone (15 s), not the full data (45 s)
     trained("ssan", "quick")        # (model, where from): the run cache first, then the shipped model
     verify("ssan")                  # (recorded, measured) metrics on the split they were recorded on
 """
@@ -19,12 +21,12 @@ from pathlib import Path
 
 import torch
 
-from .. import zoo
+from .. import synthpedes, zoo
 from ..cache import code_version, data_fingerprint, write_json
 from ..config import to_dict
 from ..engine import read_checkpoint, save_checkpoint
 from ..evaluate import evaluate
-from ..experiments import load_records, load_trained, resolve_data_root, run, trained_run
+from ..experiments import DATA_PROFILE, load_records, load_trained, resolve_data_root, run, trained_run
 from ..papers import MODEL_NAMES, get_config
 
 DIR = Path(__file__).parent
@@ -122,6 +124,17 @@ def trained(name: str, profile: str = "quick", overrides: dict | None = None, *,
                        f"in the run cache and no shipped one for that config; train it with "
                        f"`tbpr train {name} --profile {profile}`"
                        + (f" or ship it with `tbpr ship {name}`" if not overrides else ""))
+
+
+def split_records(dataset: str, data_root, profile: str, split: str = "test") -> list:
+    """The records of ``split``: for SynthPedes in the cache, the full render when it is there, else
+    that split rendered alone (the same images and records: ``synthpedes.ensure_split``); a shipped
+    model needs no training data to be explored or evaluated."""
+    if dataset == "synthpedes" and data_root is None:
+        root = synthpedes.ensure_split(DATA_PROFILE[profile], split)
+    else:
+        root = resolve_data_root(dataset, data_root, profile)
+    return load_records(dataset, root)[split]
 
 
 def ship(name: str, profile: str = "quick", *, seed: int = 0, folder=None, device: str = "cpu") -> dict:
