@@ -28,7 +28,9 @@
 # configurations of notebooks 01–06 at the same profile: from the run cache, else from
 # `checkpoints` (a folder of `<model>/model.safetensors` or `<model>.safetensors`), else the
 # model shipped in the repository (`tbpr/shipped/`, made by `tbpr ship`; quick only), else trained
-# now (`train`); the first cell prints where each came from. `Explorer.from_checkpoints` takes any
+# now (`train`); the first cell prints where each came from. A model is built when first shown, and
+# on a fresh clone only the test split (the gallery) is rendered, so the widget answers within ~30 s
+# at quick (README, "Explore attention"). `Explorer.from_checkpoints` takes any
 # other `model.safetensors` the same way. `images` (a folder of your own pedestrian photos, or the
 # widget's "images" box) replaces the test gallery; unreadable files are named and skipped.
 
