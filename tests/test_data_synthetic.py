@@ -141,7 +141,7 @@ def test_cli_main_reuses_a_rendered_out_folder_and_writes_the_requested_layout(t
 
 
 def test_ensure_refuses_a_non_empty_folder_that_is_not_synthpedes(tmp_path, monkeypatch):
-    monkeypatch.setattr(S, "render", lambda profile, seed, out, workers=None: out.mkdir())
+    monkeypatch.setattr(S, "render", lambda profile, seed, out, workers=None, splits=None: out.mkdir())
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     with pytest.raises(FileExistsError, match="holds no SynthPedes"):

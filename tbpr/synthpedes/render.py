@@ -1207,6 +1207,36 @@ def rendered_as(root) -> dict | None:
     return {**held, "splits": gt["splits"]} if "splits" in gt else held
 
 
+def cache_root(profile: str, seed: int = 0) -> Path:
+    """The folder in the cache that ``ensure(profile, seed)`` renders into (its name says what it holds)."""
+    return cache_dir() / "synthpedes" / f"{profile}-seed{seed}-v{VERSION}"
+
+
+def _render_beside(root: Path, profile: str, seed: int, splits=SPLITS) -> Path:
+    """Render into a temporary sibling of ``root`` (renamed into place by the caller, so a crash
+    or a concurrent process never leaves a half-written dataset at ``root``); the sibling."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    render(profile, seed, tmp, splits=splits)
+    return tmp
+
+
+def _move_into_place(tmp: Path, root: Path) -> None:
+    try:
+        os.rename(tmp, root)
+    except OSError:  # someone else finished first (or root exists, e.g. an empty folder)
+        if (root / "reid_raw.json").exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif root.exists() and not any(root.iterdir()):
+            root.rmdir()
+            os.rename(tmp, root)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise FileExistsError(f"{root} exists but holds no SynthPedes (no reid_raw.json); "
+                                  f"remove it or pass another root") from None
+
+
 def ensure(profile: str = "smoke", seed: int = 0, root: str | Path | None = None,
            force: bool = False) -> Path:
     """The root of SynthPedes ``profile``/``seed``, rendered on first use.
@@ -1217,7 +1247,7 @@ def ensure(profile: str = "smoke", seed: int = 0, root: str | Path | None = None
     anew in its place; a ``root`` with a ``reid_raw.json`` but no SynthPedes ground truth (a real
     dataset?) is always refused.
     """
-    default = cache_dir() / "synthpedes" / f"{profile}-seed{seed}-v{VERSION}"
+    default = cache_root(profile, seed)
     root = Path(root) if root else default
     want = {"profile": profile, "seed": seed, "version": VERSION}
     if (root / "reid_raw.json").exists():
@@ -1235,28 +1265,14 @@ def ensure(profile: str = "smoke", seed: int = 0, root: str | Path | None = None
                 + (f" ({' + '.join(held['splits'])} only)" if "splits" in held else "") +
                 f", not {profile} seed {seed} (v{VERSION}); pass --force (force=True) to render "
                 f"{profile} seed {seed} in its place, or another folder")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    render(profile, seed, tmp)
+    tmp = _render_beside(root, profile, seed)
     if force and (root / GT_FILE).exists():  # checked above: a SynthPedes render, safe to replace
         old = root.with_name(f".{root.name}.old-{os.getpid()}")
         os.rename(root, old)
         os.rename(tmp, root)
         shutil.rmtree(old, ignore_errors=True)
         return root
-    try:
-        os.rename(tmp, root)
-    except OSError:  # someone else finished first (or root exists, e.g. an empty folder)
-        if (root / "reid_raw.json").exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif root.exists() and not any(root.iterdir()):
-            root.rmdir()
-            os.rename(tmp, root)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise FileExistsError(f"{root} exists but holds no SynthPedes (no reid_raw.json); "
-                                  f"remove it or pass another root") from None
+    _move_into_place(tmp, root)
     return root
 
 
@@ -1267,22 +1283,12 @@ def ensure_split(profile: str = "smoke", split: str = "test", seed: int = 0) -> 
     For readers of one split (the explorer's gallery); a run's data is always the full render."""
     if split not in SPLITS:
         raise ValueError(f"split={split!r}: choose one of {list(SPLITS)}")
-    full = cache_dir() / "synthpedes" / f"{profile}-seed{seed}-v{VERSION}"
+    full = cache_root(profile, seed)
     if (full / "reid_raw.json").exists():
         return full
     root = full.with_name(f"{full.name}-{split}")
-    if (root / "reid_raw.json").exists():
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    render(profile, seed, tmp, splits=(split,))
-    try:
-        os.rename(tmp, root)
-    except OSError:  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (root / "reid_raw.json").exists():
-            raise FileExistsError(f"{root} exists but holds no SynthPedes (no reid_raw.json); remove it") from None
+    if not (root / "reid_raw.json").exists():
+        _move_into_place(_render_beside(root, profile, seed, splits=(split,)), root)
     return root
 
 

@@ -13,13 +13,12 @@ import json
 
 from PIL import Image
 
-from ...cache import cache_dir
 from ...synthpedes import render as R
 
 
 def cached_root(profile: str, seed: int = 0):
     """The folder ``tbpr.synthpedes.ensure(profile, seed)`` renders into, or None if not rendered yet."""
-    root = cache_dir() / "synthpedes" / f"{profile}-seed{seed}-v{R.VERSION}"
+    root = R.cache_root(profile, seed)
     return root if (root / "reid_raw.json").exists() else None
 
 
