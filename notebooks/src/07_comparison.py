@@ -35,7 +35,6 @@ out_dir = "../figures"
 
 # %%
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -47,6 +46,7 @@ from IPython.display import Markdown, display
 from PIL import Image
 
 from tbpr import experiments, zoo
+from tbpr.config import to_dict
 from tbpr.evaluate import retrieval_metrics
 from tbpr.papers import available_models, count_parameters, create_model, get_config
 from tbpr.viz import ablation_table, retrieval_grid, save_figure, save_table
@@ -114,7 +114,7 @@ labels = list(results)
 def warm_start(label: str) -> str:
     """The zoo members the method's profile starts from ("random init" where none)."""
     model = label.split("-")[0]
-    members = sorted(zoo.fingerprints(asdict(get_config(model, profile))))
+    members = sorted(zoo.members(to_dict(get_config(model, profile))))
     return " + ".join(m.removeprefix("zoo:") for m in members) or "random init"
 
 

@@ -93,10 +93,9 @@ def resize_pos_embed(pos: torch.Tensor, old: tuple[int, int], new: tuple[int, in
     return torch.cat([cls, grid.permute(0, 2, 3, 1).flatten(1, 2)], 1)
 
 
-def fingerprints(config) -> dict[str, str]:
-    """``{"zoo:<name>": sha256}`` for every zoo name anywhere in ``config`` (nested dicts / lists),
-    so that a run's cache key changes when a member is re-created."""
-    found: dict[str, str] = {}
+def members(config) -> list[str]:
+    """Every ``zoo:<name>`` anywhere in ``config`` (nested dicts / lists), in order of appearance."""
+    found: list[str] = []
 
     def walk(v):
         if isinstance(v, dict):
@@ -105,8 +104,14 @@ def fingerprints(config) -> dict[str, str]:
         elif isinstance(v, (list, tuple)):
             for x in v:
                 walk(x)
-        elif is_zoo(v):
-            found[v] = sha256(path(v))
+        elif is_zoo(v) and v not in found:
+            found.append(v)
 
     walk(config)
     return found
+
+
+def fingerprints(config) -> dict[str, str]:
+    """``{"zoo:<name>": sha256}`` for every zoo member in ``config``, so that a run's cache key
+    changes when a member is re-created."""
+    return {name: sha256(path(name)) for name in members(config)}
