@@ -183,7 +183,7 @@ def test_image_verdicts_are_cached_by_size_and_mtime(tiny, monkeypatch):
 
 
 # --- 7. tbpr synth into a folder holding another seed --------------------------------------------
-def _fake_render(profile, seed, out, workers=None):
+def _fake_render(profile, seed, out, workers=None, splits=None):
     out.mkdir(parents=True)
     (out / "reid_raw.json").write_text("[]")
     (out / S.GT_FILE).write_text(json.dumps({"profile": profile, "seed": seed,
