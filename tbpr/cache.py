@@ -28,7 +28,7 @@ PAPERS = ("mia", "ssan", "lgur", "ivt", "cada", "irra")  # the papers in the ord
 PRESENTATION = {"bench.py", "cli.py", "explorer.py", "progress.py", "reproduce.py", "shipped", "summary.py", "viz"}
 # the zoo's pre-training recipes and probes: a run depends on a member's weights, which its cache key
 # holds by sha256 (zoo.fingerprints), not on the code that made them
-ZOO_MAKING = {"zoo/pretrain"}
+ZOO_MAKING = {"pretrain"}
 
 
 @functools.lru_cache(maxsize=None)
@@ -41,7 +41,7 @@ def code_version(model: str | None = None) -> str:
     for path in sorted(PACKAGE_DIR.rglob("*")):
         rel = path.relative_to(PACKAGE_DIR)
         if path.suffix in {".py", ".yaml", ".json"} and "__pycache__" not in rel.parts \
-                and rel.parts[0] not in PRESENTATION and "/".join(rel.parts[:2]) not in others | ZOO_MAKING:
+                and rel.parts[0] not in PRESENTATION | ZOO_MAKING and "/".join(rel.parts[:2]) not in others:
             digest.update(rel.as_posix().encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()[:12]

@@ -13,6 +13,7 @@ from .data.formats import DatasetError
 from .evaluate import evaluate
 from .experiments import load_trained, run
 from .papers import MODEL_NAMES, count_parameters, create_model, get_config, parameter_table, profile_diff
+from .pretrain import main as pretrain_main
 from .reproduce import run_notebooks
 from .summary import update_readme, write_summary
 from .synthpedes import main as synth_main
@@ -116,7 +117,6 @@ def cmd_bench(args) -> None:
 
 
 def cmd_pretrain(args) -> None:
-    from .zoo.pretrain import main as pretrain_main
     pretrain_main(args.rest)
 
 

@@ -102,7 +102,7 @@ def test_run_many_in_parallel_workers_matches_one_process(smoke_root, tmp_path, 
 def test_code_version_follows_shared_code_and_own_model_only(tmp_path, monkeypatch):
     from tbpr import cache
     for rel in ("engine.py", "papers/mia/model.py", "papers/cada/model.py", "papers/cada/paper.yaml",
-                "viz/plots.py", "zoo/__init__.py", "zoo/pretrain/vision.py"):
+                "viz/plots.py", "zoo/__init__.py", "pretrain/vision.py"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text("x = 1\n")
     monkeypatch.setattr(cache, "PACKAGE_DIR", tmp_path)
@@ -118,7 +118,7 @@ def test_code_version_follows_shared_code_and_own_model_only(tmp_path, monkeypat
     assert versions()[0] == mia and versions()[1] != cada
     (tmp_path / "viz/plots.py").write_text("x = 2\n")
     assert versions()[0] == mia  # plotting code cannot change a trained model
-    (tmp_path / "zoo/pretrain/vision.py").write_text("x = 2\n")
+    (tmp_path / "pretrain/vision.py").write_text("x = 2\n")
     assert versions()[0] == mia  # a zoo recipe: runs key on the member's sha256 instead
     (tmp_path / "zoo/__init__.py").write_text("x = 2\n")
     assert versions()[0] != mia  # how members load is run code

@@ -114,7 +114,7 @@ SMALL_BLIP = dict(image_size=(48, 16), patch_size=8, width=32, depth=1, heads=2,
 def _small_blip_member():
     """A random member of the aligned kind at the smoke sizes: (its CADA network, its BLIP-layout state)."""
     from tbpr.papers.cada.model import CADA
-    from tbpr.zoo.pretrain.aligned import cada_to_blip_names, member_config
+    from tbpr.pretrain.aligned import cada_to_blip_names, member_config
 
     torch.manual_seed(0)
     net = CADA(member_config(SMALL_BLIP)).eval()

@@ -17,7 +17,7 @@ FLOORS = [
     ("tbpr.synthpedes", "tbpr.backbones", "tbpr.zoo"),                # benchmark, shared trunks, zoo loading
     ("tbpr.papers",),                                                 # one folder per paper
     ("tbpr.experiments", "tbpr.summary", "tbpr.bench", "tbpr.reproduce",  # runs, tables, timing,
-     "tbpr.zoo.pretrain", "tbpr.shipped"),                            # zoo pre-training, shipped models
+     "tbpr.pretrain", "tbpr.shipped"),                                 # zoo pre-training, shipped models
     ("tbpr.viz", "tbpr.explorer"),                                    # plots and the widget
     ("tbpr.cli",),                                                    # the command line
 ]

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from tbpr import pretrain as P
 from tbpr import zoo
 from tbpr.papers import create_model, get_config
 from tbpr.synthpedes import render as R
-from tbpr.zoo import pretrain as P
 
 
 def test_shipped_members_match_their_manifests_and_recipes():
@@ -190,7 +190,7 @@ def test_cadas_dual_encoder_row_loads_the_aligned_member_without_its_heads():
 
 
 def test_recipes_draw_whole_batches_from_a_fresh_permutation_each_pass_and_log_a_curve():
-    from tbpr.zoo.pretrain.common import batch_indices, loss_history
+    from tbpr.pretrain.common import batch_indices, loss_history
 
     g = torch.Generator().manual_seed(0)
     batches = batch_indices(10, 4, g)

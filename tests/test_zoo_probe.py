@@ -1,5 +1,5 @@
-"""Linear probes of the zoo's vision members (tbpr/zoo/pretrain/probe.py) and the corpus samples
-notebook 00 shows (tbpr/zoo/pretrain/corpus.py), on the smoke profile."""
+"""Linear probes of the zoo's vision members (tbpr/pretrain/probe.py) and the corpus samples
+notebook 00 shows (tbpr/pretrain/corpus.py), on the smoke profile."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +8,7 @@ import torch
 
 from tbpr import zoo
 from tbpr.synthpedes import load_ground_truth
-from tbpr.zoo.pretrain import corpus, probe
+from tbpr.pretrain import corpus, probe
 
 
 def test_identity_halves_share_no_person():

@@ -50,7 +50,7 @@ from tbpr.evaluate import chance_rank1, evaluate, retrieval_metrics
 from tbpr.papers import create_model
 from tbpr.synthpedes.baseline import baseline_rank1, text_oracle_rank1
 from tbpr.viz import save_figure, save_table
-from tbpr.zoo.pretrain import corpus, probe
+from tbpr.pretrain import corpus, probe
 
 figdir = Path(out_dir) / "synthpedes"
 synth = dataset == "synthpedes"
@@ -323,7 +323,7 @@ plt.show()
 # so the same trunk, input size and normalisation), pooled as that paper pools it (IVT's and CADA's
 # [CLS], the mean of LGUR's patch tokens, SSAN's global max, MIA's global mean), and compared with
 # the same trunk at random init. A logistic regression per ground-truth attribute is fitted on half
-# of the test split's identities and scored on the other half (`tbpr.zoo.pretrain.probe`); bars are
+# of the test split's identities and scored on the other half (`tbpr.pretrain.probe`); bars are
 # the accuracy averaged per attribute group, then over groups. The image-only members were trained
 # on these very attributes (of other people, in another render), so this measures how that transfers,
 # not a general feature quality; `blip-s`'s image encoder learned from shifted captions instead.

@@ -9,7 +9,7 @@ A config field that takes a timm / transformers name or a local path also takes 
     resolve("zoo:vit-s")               # the verified file's path; other sources come back unchanged
 
 This module is loading only (the backbones floor); the pre-training recipes live in
-``tbpr.zoo.pretrain`` (above the papers).
+``tbpr.pretrain`` (above the papers, which they build).
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ and once with the same config field set to ``None`` (random init, same seed). Fe
 paper pools from its trunk: IVT's and CADA's visual [CLS] (after the final norm), the mean of
 LGUR's patch tokens (its ViT has no [CLS] at the output), SSAN's global max pool (Eq. 5), MIA's
 global mean pool. A linear classifier per SynthPedes ground-truth attribute (the 22 heads the image-
-only members were pre-trained on: tbpr.zoo.pretrain.vision.ATTRIBUTES + view) is fitted on half of
+only members were pre-trained on: tbpr.pretrain.vision.ATTRIBUTES + view) is fitted on half of
 the test split's identities and scored on the other half, so no person is in both.
 
     feats = probe_features("vgg-s", images, records)       # {"zoo": [N, D], "random": [N, D]}
@@ -24,10 +24,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...data.formats import load
-from ...data.transforms import build_transforms, decode_image
-from ...papers import create_model
-from ...synthpedes import load_ground_truth
+from ..data.formats import load
+from ..data.transforms import build_transforms, decode_image
+from ..papers import create_model
+from ..synthpedes import load_ground_truth
 from .vision import ATTRIBUTES
 
 

@@ -1,5 +1,5 @@
 """Recipes of the zoo members: ``tbpr pretrain [NAME|all] [--profile smoke]`` re-creates a member
-from the recipe recorded here and writes ``weights/<name>.safetensors`` + its manifest.
+from the recipe recorded here and writes ``tbpr/zoo/weights/<name>.safetensors`` + its manifest.
 
 A recipe is data (``MEMBERS``: name -> dict with a ``kind``, a ``role``, the corpus, steps, ...); its
 ``kind`` names the trainer (``TRAINERS``), a function ``(name, recipe, seed, progress) -> (state dict,
@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ...cache import cache_dir
-from .. import WEIGHTS, sha256
+from ..cache import cache_dir
+from ..zoo import WEIGHTS, sha256
 from . import aligned, text, vision
 
 MEMBERS = {**vision.MEMBERS, **text.MEMBERS, **aligned.MEMBERS}

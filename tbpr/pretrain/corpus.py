@@ -13,7 +13,7 @@ import json
 
 from PIL import Image
 
-from ...synthpedes import render as R
+from ..synthpedes import render as R
 
 
 def cached_root(profile: str, seed: int = 0):

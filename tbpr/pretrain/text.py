@@ -17,10 +17,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...data.formats import load
-from ...data.text import bert_tokenizer
-from ...synthpedes import ensure
-from .common import batch_indices, log_step, loss_history, warmup_cosine
+from ..data.formats import load
+from ..data.text import bert_tokenizer
+from ..synthpedes import ensure
+from .common import batch_indices, loss_history, train_steps
 
 # name -> recipe; ``role`` says which config field loads it, and whose weights it stands in for
 MEMBERS = {
@@ -57,7 +57,6 @@ def mask_tokens(ids: torch.Tensor, special: torch.Tensor, ratio: float, tokenize
 
 def train_bert_mlm(name: str, recipe: dict, seed: int, progress: bool) -> tuple[dict, dict]:
     """MLM-train the BERT of ``recipe``; (BertModel state dict, manifest fields)."""
-    from tqdm.auto import tqdm
     from transformers import BertConfig, BertForMaskedLM  # imported where used (2 s)
 
     torch.manual_seed(seed)
@@ -73,25 +72,19 @@ def train_bert_mlm(name: str, recipe: dict, seed: int, progress: bool) -> tuple[
         print(f"pretrain {name}: {len(captions)} captions tokenized, {time.time() - t0:.0f} s",
               file=sys.stderr, flush=True)
     model = BertForMaskedLM(BertConfig(**recipe["arch"]))
-    opt = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], weight_decay=recipe["weight_decay"])
-    sched = warmup_cosine(opt, recipe["steps"], recipe["warmup"])
-    losses, batches = [], batch_indices(len(captions), recipe["batch_size"], g)
-    bar = tqdm(range(recipe["steps"]), desc=f"pretrain {name}", disable=not progress)
-    model.train()
-    for step in bar:
+    batches = batch_indices(len(captions), recipe["batch_size"], g)
+
+    def loss_of_step(step: int) -> torch.Tensor:
         idx = next(batches)
         length = int(att_all[idx].sum(1).max())  # trim the batch to its longest caption
         ids, att, special = ids_all[idx, :length], att_all[idx, :length], special_all[idx, :length]
         masked, labels = mask_tokens(ids, special, recipe["mask_ratio"], tokenizer, g)
         hidden = model.bert(input_ids=masked, attention_mask=att).last_hidden_state
         predicted = labels != -100
-        loss = F.cross_entropy(model.cls(hidden[predicted]), labels[predicted])  # masked pieces only
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
-        log_step(bar, name, step, recipe["steps"], losses, progress, t0)
+        return F.cross_entropy(model.cls(hidden[predicted]), labels[predicted])  # masked pieces only
+
+    model.train()
+    losses = train_steps(name, recipe, model.parameters(), loss_of_step, progress, t0)
     model.eval()
     with torch.no_grad():  # masked-piece accuracy on (up to) 2,048 captions, one fixed masking
         idx = torch.arange(min(len(captions), 2048))

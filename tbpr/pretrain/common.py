@@ -1,12 +1,16 @@
-"""Pieces every zoo recipe shares: the learning-rate schedule and the progress line."""
+"""Pieces every zoo recipe shares: the optimisation loop, its learning-rate schedule, batches and
+progress line."""
 from __future__ import annotations
 
 import math
 import sys
 import time
 
+from typing import Callable
+
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 
 def warmup_cosine(opt: torch.optim.Optimizer, steps: int, warmup: int):
@@ -39,3 +43,25 @@ def loss_history(losses: list[float], every: int = 250) -> list[dict]:
     pre-training curve."""
     return [{"step": min(end, len(losses)), "loss": round(float(np.mean(losses[end - every:end])), 4)}
             for end in range(every, len(losses) + every, every) if end - every < len(losses)]
+
+
+def train_steps(name: str, recipe: dict, params, loss_of_step: Callable[[int], torch.Tensor],
+                progress: bool, t0: float, after_step: Callable[[int], None] | None = None) -> list[float]:
+    """``recipe["steps"]`` AdamW steps (the recipe's ``lr`` and ``weight_decay``; ``warmup_cosine``
+    over ``warmup``) on ``loss_of_step(step)``, which draws its own batch; ``after_step(step)`` runs
+    once the parameters moved (a recipe's own records). Returns the loss of every step."""
+    opt = torch.optim.AdamW(params, lr=recipe["lr"], weight_decay=recipe["weight_decay"])
+    sched = warmup_cosine(opt, recipe["steps"], recipe["warmup"])
+    losses: list[float] = []
+    bar = tqdm(range(recipe["steps"]), desc=f"pretrain {name}", disable=not progress)
+    for step in bar:
+        loss = loss_of_step(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        if after_step is not None:
+            after_step(step)
+        log_step(bar, name, step, recipe["steps"], losses, progress, t0)
+    return losses

@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...backbones import resnet_small, vgg_mini
-from ...data.transforms import decode_image
-from ...synthpedes import ensure, load_ground_truth
-from .common import batch_indices, log_step, loss_history, warmup_cosine
+from ..backbones import resnet_small, vgg_mini
+from ..data.transforms import decode_image
+from ..synthpedes import ensure, load_ground_truth
+from .common import batch_indices, loss_history, train_steps
 
 IMAGENET_HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # ViT-B/16 (orig_in21k) normalisation: IVT; SSAN
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # DeiT, torchvision VGG: LGUR, MIA
@@ -160,8 +160,6 @@ def _augment(x: torch.Tensor, g: torch.Generator, pad: int = 1) -> torch.Tensor:
 
 def train_attributes(name: str, recipe: dict, seed: int, progress: bool) -> tuple[dict, dict]:
     """Train the attribute network of ``recipe``; (trunk state dict in timm's layout, manifest fields)."""
-    from tqdm.auto import tqdm
-
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     t0 = time.time()
@@ -177,22 +175,15 @@ def train_attributes(name: str, recipe: dict, seed: int, progress: bool) -> tupl
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in recipe["norm"])
     labels_t = torch.from_numpy(labels)
     model = AttributeNet(recipe["kind"], arch, heads)
-    opt = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], weight_decay=recipe["weight_decay"])
-    sched = warmup_cosine(opt, recipe["steps"], recipe["warmup"])
-    losses, batches = [], batch_indices(len(files), recipe["batch_size"], g)
-    bar = tqdm(range(recipe["steps"]), desc=f"pretrain {name}", disable=not progress)
-    for step in bar:
+    batches = batch_indices(len(files), recipe["batch_size"], g)
+
+    def loss_of_step(step: int) -> torch.Tensor:
         idx = next(batches)
         x = (_augment(images[idx].float() / 255.0, g) - mean) / std
         y = labels_t[idx]
-        loss = sum(F.cross_entropy(logits, y[:, j], ignore_index=-1)
-                   for j, logits in enumerate(model(x)))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
-        log_step(bar, name, step, recipe["steps"], losses, progress, t0)
+        return sum(F.cross_entropy(logits, y[:, j], ignore_index=-1) for j, logits in enumerate(model(x)))
+
+    losses = train_steps(name, recipe, model.parameters(), loss_of_step, progress, t0)
     model.eval()
     with torch.no_grad():  # training-set accuracy per head on (up to) 2,048 unaugmented images
         idx = torch.arange(min(len(files), 2048))

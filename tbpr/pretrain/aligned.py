@@ -40,13 +40,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ... import zoo
-from ...data.formats import load
-from ...evaluate import evaluate
-from ...papers import get_config
-from ...papers.cada.model import CADA, blip_to_cada_names
-from ...synthpedes import ensure
-from .common import batch_indices, log_step, warmup_cosine
+from .. import zoo
+from ..data.formats import load
+from ..evaluate import evaluate
+from ..papers import get_config
+from ..papers.cada.model import CADA, blip_to_cada_names
+from ..synthpedes import ensure
+from .common import batch_indices, train_steps
 from .vision import CLIP_NORM, _augment, _load_images
 
 # name -> recipe; ``role`` says which config fields load it and whose weights it stands in for
@@ -190,8 +190,6 @@ def initialise(net: CADA, init: dict) -> dict:
 
 def train_blip(name: str, recipe: dict, seed: int, progress: bool) -> tuple[dict, dict]:
     """Pre-train the member of ``recipe``; (state dict in BLIP's key layout, manifest fields)."""
-    from tqdm.auto import tqdm
-
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     t0 = time.time()
@@ -208,27 +206,24 @@ def train_blip(name: str, recipe: dict, seed: int, progress: bool) -> tuple[dict
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in recipe["norm"])
     temp = nn.Parameter(torch.tensor(float(recipe["temperature"])))
     params = [p for n, p in net.named_parameters() if not n.startswith("itm_local_head")] + [temp]
-    opt = torch.optim.AdamW(params, lr=recipe["lr"], weight_decay=recipe["weight_decay"])
-    sched = warmup_cosine(opt, recipe["steps"], recipe["warmup"])
-    history, losses, batches = [], [], batch_indices(len(images), recipe["batch_size"], g)
-    bar = tqdm(range(recipe["steps"]), desc=f"pretrain {name}", disable=not progress)
-    net.train()
-    for step in bar:
+    history, batches, latest = [], batch_indices(len(images), recipe["batch_size"], g), {}
+
+    def loss_of_step(step: int) -> torch.Tensor:
         idx = next(batches)
         x = (_augment(images[idx].float() / 255.0, g) - mean) / std
         pick = torch.randint(0, 1 << 30, (len(idx),), generator=g)  # one caption of each image
         ids = torch.stack([encoded[i][int(k) % len(encoded[i])] for i, k in zip(idx.tolist(), pick)])
         att = (ids != tok.pad_id).long()
-        parts = blip_losses(net, temp, x, ids, att, pids[idx], recipe, g)
-        opt.zero_grad(set_to_none=True)
-        parts["loss"].backward()
-        opt.step()
-        sched.step()
-        losses.append(parts["loss"].item())
+        latest.update(blip_losses(net, temp, x, ids, att, pids[idx], recipe, g))
+        return latest["loss"]
+
+    def record(step: int) -> None:  # each loss of BLIP's three, and the temperature after the step
         if (step + 1) % 250 == 0 or step + 1 == recipe["steps"]:
-            history.append({"step": step + 1, **{k: round(v.item(), 4) for k, v in parts.items()},
+            history.append({"step": step + 1, **{k: round(v.item(), 4) for k, v in latest.items()},
                             "temperature": round(temp.item(), 4)})
-        log_step(bar, name, step, recipe["steps"], losses, progress, t0)
+
+    net.train()
+    losses = train_steps(name, recipe, params, loss_of_step, progress, t0, after_step=record)
     train_seconds = time.time() - t0
     with torch.no_grad():
         temp.clamp_(0.001, 0.5)
