@@ -189,6 +189,28 @@ def test_cadas_dual_encoder_row_loads_the_aligned_member_without_its_heads():
     assert torch.equal(net.state_dict()["text_proj.weight"], zoo.load("zoo:blip-s")["text_proj.weight"])
 
 
+@pytest.mark.parametrize("depth", [1, 3])
+def test_table7s_depth_rows_start_from_the_members_first_layers(depth):
+    """Table VII at CPU scale: a shallower CADA than blip-s (depth 2) loads its first layers (it was
+    refused: 'unexpected BLIP entries'), a deeper one starts its extra layers at random."""
+    if "blip-s" not in zoo.available():
+        pytest.skip("blip-s not shipped")
+    from tbpr.papers import ablation_rows
+
+    row = next(o for o in ablation_rows("cada", "table7_cpu").values() if o.get("vision.depth") == depth)
+    torch.manual_seed(0)
+    net, member = create_model("cada", "quick", **row), zoo.load("zoo:blip-s")
+    ours = net.state_dict()
+    assert len(net.visual_encoder.blocks) == len(net.text_encoder.layers) == depth
+    assert torch.equal(ours["visual_encoder.blocks.0.attn.qkv.weight"], member["visual_encoder.blocks.0.attn.qkv.weight"])
+    assert torch.equal(ours["text_encoder.layers.0.fc1.weight"],
+                       member["text_encoder.encoder.layer.0.intermediate.dense.weight"])
+    if depth == 3:
+        assert torch.equal(ours["visual_encoder.blocks.1.mlp.fc1.weight"], member["visual_encoder.blocks.1.mlp.fc1.weight"])
+        assert not any(torch.equal(ours["visual_encoder.blocks.2.mlp.fc1.weight"], member[f"visual_encoder.blocks.{i}.mlp.fc1.weight"])
+                       for i in (0, 1))
+
+
 def test_recipes_draw_whole_batches_from_a_fresh_permutation_each_pass_and_log_a_curve():
     from tbpr.pretrain.common import batch_indices, loss_history
 

@@ -668,6 +668,23 @@ def blip_to_cada_names(blip_state: dict, separate_decoder: bool = False) -> dict
 
 _ONLY_WITH_DECODER = ("itm_head.", "itm_local_head.", "mlm_head.", "text_decoder.")
 _CROSS = re.compile(r"^text_encoder\.layers\.\d+\.cross_(attn|norm)\.")
+_LAYER = re.compile(r"^(visual_encoder\.blocks|text_encoder\.layers|text_decoder\.layers)\.(\d+)\.")
+
+
+def _first_layers_only(model: CADA, state: dict, path: str) -> dict:
+    """A shallower CADA than its checkpoint (Table VII's rows) starts from the checkpoint's first
+    layers: entries of layers at or past this model's depth are left out, with one line saying so
+    (a deeper CADA starts its extra layers at random, listed by ``load_blip``)."""
+    stacks = {"visual_encoder.blocks": model.visual_encoder.blocks, "text_encoder.layers": model.text_encoder.layers}
+    if model.separate_ara_decoder:
+        stacks["text_decoder.layers"] = model.text_decoder.layers
+    beyond = {k for k in state if (m := _LAYER.match(k)) and m.group(1) in stacks
+              and int(m.group(2)) >= len(stacks[m.group(1)])}
+    if beyond:
+        kept = " and ".join(f"{len(stacks[name])} {name}" for name in sorted({_LAYER.match(k).group(1) for k in beyond}))
+        print(f"CADA: {path} is deeper than this model: its first {kept} are loaded, the {len(beyond)} "
+              "tensors of the layers past them left out")
+    return {k: v for k, v in state.items() if k not in beyond}
 
 
 def _check_shapes(model: CADA, state: dict, path: str) -> None:
@@ -710,6 +727,7 @@ def load_blip(model: CADA, path: str) -> None:
         patches = pos[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
         patches = F.interpolate(patches, size=grid, mode="bicubic", align_corners=False)
         state["visual_encoder.pos_embed"] = torch.cat([pos[:, :1], patches.flatten(2).transpose(1, 2)], 1)
+    state = _first_layers_only(model, state, path)
     missing, unexpected = model.load_state_dict(state, strict=False)
     # BLIP's heads and cross-attention have no place in a CADA without ATP / ARA (Table IV rows 0-1:
     # BLIP's dual encoder alone); anything else that does not fit is a wrong file
