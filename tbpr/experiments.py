@@ -238,9 +238,12 @@ def run(model: str, profile: str = "quick", overrides: dict | None = None, *,
 
     Training and evaluation are cached separately: a run evaluated under another protocol (e.g.
     ``rerank_k=32`` after ``rerank_k=0``) reuses the trained checkpoint. ``cache_only`` returns
-    None instead of training when the trained checkpoint is not cached.
+    None instead of training when the trained checkpoint is not cached (at once, rendering no data,
+    when the cache holds no run of ``model`` at ``profile`` at all).
     """
     check_rerank_k(rerank_k)
+    if cache_only and not has_runs(model, profile):
+        return None
     cfg, spec, key = run_spec(model, profile, overrides, dataset, data_root, seed, device)
     if not cache:  # train from scratch in a folder of its own; the cached run stays as it was
         run_dir = cache_dir() / "experiments" / "uncached" / f"{key}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
@@ -260,12 +263,19 @@ def run(model: str, profile: str = "quick", overrides: dict | None = None, *,
                                    progress, trained=read_json(run_dir / "trained.json"))
 
 
+def has_runs(model: str, profile: str) -> bool:
+    """Whether the run cache holds any run of ``model`` at ``profile`` (its folders are named
+    ``<model>-<profile>-<hash>``): asking for one run's key needs the data's fingerprint, which on a
+    fresh clone means rendering the whole benchmark first."""
+    return any((cache_dir() / "experiments").glob(f"{model}-{profile}-*"))
+
+
 def trained_run(model: str, profile: str = "quick", overrides: dict | None = None, *,
                 dataset: str = "synthpedes", data_root=None, seed: int = 0, device: str = "cpu") -> Result | None:
     """The cached run of this configuration once it finished training (its result when evaluated,
     else one without metrics); None otherwise. Never trains or evaluates, and renders no data when
     the cache holds no run of ``model`` at ``profile`` at all."""
-    if not any((cache_dir() / "experiments").glob(f"{model}-{profile}-*")):
+    if not has_runs(model, profile):
         return None
     _, spec, key = run_spec(model, profile, overrides, dataset, data_root, seed, device)
     run_dir = cache_dir() / "experiments" / key

@@ -59,7 +59,6 @@ from matplotlib.colors import Normalize
 import ipywidgets as w
 
 from . import experiments, shipped
-from .config import cache_dir
 from .data.datasets import EvalSet, load_eval_images
 from .data.formats import Record
 from .data.transforms import decode_image
@@ -288,15 +287,6 @@ def _load_checkpoint(path, device: str):
     return experiments.load_trained(meta["model"], cfg, path).to(device)
 
 
-def _cached_run(name: str, profile: str, **kwargs):
-    """The evaluated run of ``name``'s full configuration at ``profile`` in the run cache, else None.
-    Looks for the data (rendering it on a fresh clone) only when the cache holds some run of that
-    model and profile: a fresh clone renders only the gallery's split."""
-    if not any((cache_dir() / "experiments").glob(f"{name}-{profile}-*")):
-        return None
-    return experiments.run(name, profile, cache_only=True, **kwargs)
-
-
 # ----------------------------------------------------------------------------- the explorer
 class Explorer:
     """Retrieval + the models' own word maps for one or more trained models over a test split.
@@ -397,8 +387,8 @@ class Explorer:
         came from. ``images``: a folder of your own images as the gallery."""
         checkpoints, metrics, sources, missing = {}, {}, {}, []
         for name in models or MODEL_NAMES:
-            result = _cached_run(name, profile, dataset=dataset, data_root=data_root, device=device,
-                                 progress=progress)
+            result = experiments.run(name, profile, cache_only=True, dataset=dataset, data_root=data_root,
+                                     device=device, progress=progress)
             copied = None if fallback is None else next(
                 (p for p in (Path(fallback) / name / "model.safetensors", Path(fallback) / f"{name}.safetensors")
                  if p.is_file()), None)
