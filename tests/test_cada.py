@@ -2,6 +2,7 @@
 ablation switches, re-ranking and the paper-profile parameter count."""
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -367,15 +368,26 @@ def test_word_patch_attention_is_a_distribution_over_patches():
 
 
 def test_predict_masked_returns_topk_sorted_probabilities():
+    """Per masked position, in the order asked (here reversed): the top-k of the MLM head, which runs
+    at the masked positions only; pinned to the head run at every position."""
     model = tiny().eval()
     b = batch(model)
-    chunks = [model.tokenizer.encode(c).chunks[0] for c in b["captions"]]
+    chunks = [model.tokenizer.encode(c).chunks[0][::-1] for c in b["captions"]]
     preds = model.predict_masked(b["images"], b["captions"], chunks, topk=3)
-    ids, _ = model.tokenizer.batch(b["captions"], "cpu")
+    ids, att = model.tokenizer.batch(b["captions"], "cpu")
+    masked = torch.zeros_like(ids, dtype=torch.bool)
+    for b_i, pos in enumerate(chunks):
+        masked[b_i, pos] = True
+    with torch.no_grad():
+        d, _ = model.decode_masked(ids.masked_fill(masked, model.tokenizer.mask_id), att,
+                                   model.encode_image_tokens(b["images"]))
+        every = model.mlm_head(d).softmax(-1)
     for b_i, per_caption in enumerate(preds):
         assert [p for p, *_ in per_caption] == chunks[b_i]
         for pos, true_id, top_ids, top_p in per_caption:
             assert true_id == ids[b_i, pos] and len(top_ids) == 3 and top_p == sorted(top_p, reverse=True)
+            assert top_ids == every[b_i, pos].topk(3).indices.tolist()
+            assert np.allclose(top_p, every[b_i, pos].topk(3).values.tolist(), atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- paper profile

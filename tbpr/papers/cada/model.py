@@ -615,13 +615,11 @@ class CADA(TBPRModel):
             masked[b, pos] = True
         d, _ = self.decode_masked(ids.masked_fill(masked, self.tokenizer.mask_id), att,
                                   self.encode_image_tokens(images))
-        probs = self.mlm_head(d).softmax(-1)
-        out = []
-        for b, pos in enumerate(positions):
-            top = probs[b, pos].topk(topk, -1)
-            out.append([(p, int(ids[b, p]), top.indices[i].tolist(), top.values[i].tolist())
-                        for i, p in enumerate(pos)])
-        return out
+        rows, cols = masked.nonzero(as_tuple=True)  # the head at the masked positions only (30k-word vocabularies)
+        top = self.mlm_head(d[rows, cols]).softmax(-1).topk(topk, -1)
+        row_of = {(b, p): i for i, (b, p) in enumerate(zip(rows.tolist(), cols.tolist()))}
+        return [[(p, int(ids[b, p]), top.indices[row_of[b, p]].tolist(), top.values[row_of[b, p]].tolist())
+                 for p in pos] for b, pos in enumerate(positions)]
 
 
 # ----------------------------------------------------------------------------- BLIP weights
