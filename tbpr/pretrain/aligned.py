@@ -44,7 +44,7 @@ from .. import zoo
 from ..data.formats import load
 from ..evaluate import evaluate
 from ..papers import get_config
-from ..papers.cada.model import CADA, blip_to_cada_names
+from ..papers.cada.model import BLIP_BERT_NAMES, CADA, blip_to_cada_names
 from ..synthpedes import ensure
 from .common import batch_indices, train_steps
 from .vision import CLIP_NORM, _augment, _load_images
@@ -78,20 +78,14 @@ def member_config(arch: dict):
 
 
 # --- BLIP's key layout ---------------------------------------------------------------------------
-_TO_BERT = [  # our TextTransformer names -> BLIP's MED BERT names (the inverse of CADA's _BERT_NAMES)
-    (r"word\.", "embeddings.word_embeddings."),
-    (r"position\.", "embeddings.position_embeddings."),
-    (r"norm\.", "embeddings.LayerNorm."),
-    (r"layers\.(\d+)\.self_attn\.out\.", r"encoder.layer.\1.attention.output.dense."),
-    (r"layers\.(\d+)\.self_attn\.", r"encoder.layer.\1.attention.self."),
-    (r"layers\.(\d+)\.self_norm\.", r"encoder.layer.\1.attention.output.LayerNorm."),
-    (r"layers\.(\d+)\.cross_attn\.out\.", r"encoder.layer.\1.crossattention.output.dense."),
-    (r"layers\.(\d+)\.cross_attn\.", r"encoder.layer.\1.crossattention.self."),
-    (r"layers\.(\d+)\.cross_norm\.", r"encoder.layer.\1.crossattention.output.LayerNorm."),
-    (r"layers\.(\d+)\.fc1\.", r"encoder.layer.\1.intermediate.dense."),
-    (r"layers\.(\d+)\.fc2\.", r"encoder.layer.\1.output.dense."),
-    (r"layers\.(\d+)\.ffn_norm\.", r"encoder.layer.\1.output.LayerNorm."),
-]
+def _turned_around(pattern: str, name: str) -> tuple[str, str]:
+    """One rename of CADA's loader (a MED BERT key pattern -> our name) the other way round."""
+    return re.escape(name).replace("\\\\1", r"(\d+)"), pattern.replace(r"(\d+)", r"\1").replace("\\.", ".")
+
+
+# our TextTransformer names -> BLIP's MED BERT names: CADA's own renames turned around, the longer
+# (more specific) patterns first, since "layers.0.self_attn." also begins "layers.0.self_attn.out."
+_TO_BERT = sorted((_turned_around(p, n) for p, n in BLIP_BERT_NAMES), key=lambda rule: -len(rule[0]))
 _TO_BLIP = [(rf"^text_encoder\.{a}", f"text_encoder.{b}") for a, b in _TO_BERT] + [
     (r"^mlm_head\.dense\.", "text_decoder.cls.predictions.transform.dense."),
     (r"^mlm_head\.norm\.", "text_decoder.cls.predictions.transform.LayerNorm."),

@@ -623,7 +623,7 @@ class CADA(TBPRModel):
 
 
 # ----------------------------------------------------------------------------- BLIP weights
-_BERT_NAMES = [  # (regex on a MED BERT key after its prefix, our name after it)
+BLIP_BERT_NAMES = [  # (regex on a MED BERT key after its prefix, our name after it)
     (r"embeddings\.word_embeddings\.", "word."),
     (r"embeddings\.position_embeddings\.", "position."),
     (r"embeddings\.LayerNorm\.", "norm."),
@@ -641,7 +641,7 @@ _BERT_NAMES = [  # (regex on a MED BERT key after its prefix, our name after it)
 # separate ARA decoder) and the decoder's LM head (our MLM head phi)
 _BLIP_NAMES = [(rf"^{src}\.{pattern}", f"{dst}.{repl}")
                for src, dst in (("text_encoder", "text_encoder"), (r"text_decoder\.bert", "text_decoder"))
-               for pattern, repl in _BERT_NAMES] + [
+               for pattern, repl in BLIP_BERT_NAMES] + [
     (r"^text_decoder\.cls\.predictions\.transform\.dense\.", "mlm_head.dense."),
     (r"^text_decoder\.cls\.predictions\.transform\.LayerNorm\.", "mlm_head.norm."),
     (r"^text_decoder\.cls\.predictions\.bias$", "mlm_head.bias"),
