@@ -3,8 +3,8 @@ from the recipe recorded here and writes ``tbpr/zoo/weights/<name>.safetensors``
 
 A recipe is data (``MEMBERS``: name -> dict with a ``kind``, a ``role``, the corpus, steps, ...); its
 ``kind`` names the trainer (``TRAINERS``), a function ``(name, recipe, seed, progress) -> (state dict,
-manifest fields)`` in the module of that kind of member (``vision``: image-only members). This driver
-seeds, times and writes: the weights as safetensors and the manifest with the recipe, the corpus,
+manifest fields)`` in the module of that kind of member (``vision``: image-only members), which seeds
+itself (``common.seeded``). This driver times and writes: the weights as safetensors and the manifest with the recipe, the corpus,
 wall time and sha256 (tbpr/zoo/__init__.py checks it on every load).
 """
 from __future__ import annotations
@@ -36,7 +36,6 @@ def pretrain(name: str, profile: str = "full", out: Path | None = None, seed: in
     recipe = {**MEMBERS[name], **(SMOKE if profile == "smoke" else {})}
     out = Path(out) if out else (WEIGHTS if profile == "full" else cache_dir() / "zoo-smoke")
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
     t0, cpu0 = time.time(), time.process_time()
     state, fields = TRAINERS[recipe["kind"]](name, recipe, seed, progress)
     train_seconds, cpu_seconds = time.time() - t0, time.process_time() - cpu0

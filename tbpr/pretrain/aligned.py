@@ -46,7 +46,7 @@ from ..evaluate import evaluate
 from ..papers import get_config
 from ..papers.cada.model import BLIP_BERT_NAMES, CADA, blip_to_cada_names
 from ..synthpedes import ensure
-from .common import batch_indices, train_steps
+from .common import batch_indices, seeded, train_steps
 from .vision import CLIP_NORM, _augment, _load_images
 
 # name -> recipe; ``role`` says which config fields load it and whose weights it stands in for
@@ -80,7 +80,7 @@ def member_config(arch: dict):
 # --- BLIP's key layout ---------------------------------------------------------------------------
 def _turned_around(pattern: str, name: str) -> tuple[str, str]:
     """One rename of CADA's loader (a MED BERT key pattern -> our name) the other way round."""
-    return re.escape(name).replace("\\\\1", r"(\d+)"), pattern.replace(r"(\d+)", r"\1").replace("\\.", ".")
+    return re.escape(name).replace(r"\\1", r"(\d+)"), pattern.replace(r"(\d+)", r"\1").replace(r"\.", ".")
 
 
 # our TextTransformer names -> BLIP's MED BERT names: CADA's own renames turned around, the longer
@@ -184,9 +184,7 @@ def initialise(net: CADA, init: dict) -> dict:
 
 def train_blip(name: str, recipe: dict, seed: int, progress: bool) -> tuple[dict, dict]:
     """Pre-train the member of ``recipe``; (state dict in BLIP's key layout, manifest fields)."""
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
-    t0 = time.time()
+    g, t0 = seeded(seed)
     corpus_profile, corpus_seed = recipe["corpus"]
     arch = recipe["arch"]
     images, captions, pids = corpus_pairs(corpus_profile, corpus_seed, tuple(arch["image_size"]))

@@ -13,6 +13,13 @@ import torch
 from tqdm.auto import tqdm
 
 
+def seeded(seed: int) -> tuple[torch.Generator, float]:
+    """Seed torch's global generator (the member's initial weights) and return the recipe's own
+    generator (batches, masks, augmentations), seeded alike, with the clock its log lines count from."""
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed), time.time()
+
+
 def warmup_cosine(opt: torch.optim.Optimizer, steps: int, warmup: int):
     """Linear warm-up over ``warmup`` steps, then a cosine decay to 0 at ``steps``."""
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (

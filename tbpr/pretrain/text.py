@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from ..data.formats import load
 from ..data.text import bert_tokenizer
 from ..synthpedes import ensure
-from .common import batch_indices, loss_history, train_steps
+from .common import batch_indices, loss_history, seeded, train_steps
 
 # name -> recipe; ``role`` says which config field loads it, and whose weights it stands in for
 MEMBERS = {
@@ -59,9 +59,7 @@ def train_bert_mlm(name: str, recipe: dict, seed: int, progress: bool) -> tuple[
     """MLM-train the BERT of ``recipe``; (BertModel state dict, manifest fields)."""
     from transformers import BertConfig, BertForMaskedLM  # imported where used (2 s)
 
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
-    t0 = time.time()
+    g, t0 = seeded(seed)
     corpus_profile, corpus_seed = recipe["corpus"]
     captions = corpus_captions(corpus_profile, corpus_seed)
     tokenizer = bert_tokenizer()

@@ -24,7 +24,7 @@ from torch import nn
 from ..backbones import resnet_small, vgg_mini
 from ..data.transforms import decode_image
 from ..synthpedes import ensure, load_ground_truth
-from .common import batch_indices, loss_history, train_steps
+from .common import batch_indices, loss_history, seeded, train_steps
 
 IMAGENET_HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # ViT-B/16 (orig_in21k) normalisation: IVT; SSAN
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # DeiT, torchvision VGG: LGUR, MIA
@@ -160,9 +160,7 @@ def _augment(x: torch.Tensor, g: torch.Generator, pad: int = 1) -> torch.Tensor:
 
 def train_attributes(name: str, recipe: dict, seed: int, progress: bool) -> tuple[dict, dict]:
     """Train the attribute network of ``recipe``; (trunk state dict in timm's layout, manifest fields)."""
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
-    t0 = time.time()
+    g, t0 = seeded(seed)
     corpus_profile, corpus_seed = recipe["corpus"]
     root = ensure(corpus_profile, corpus_seed)
     labelling = identity_labels if recipe.get("objective") == "identities" else attribute_labels

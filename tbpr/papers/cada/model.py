@@ -676,10 +676,10 @@ def _first_layers_only(model: CADA, state: dict, path: str) -> dict:
     stacks = {"visual_encoder.blocks": model.visual_encoder.blocks, "text_encoder.layers": model.text_encoder.layers}
     if model.separate_ara_decoder:
         stacks["text_decoder.layers"] = model.text_decoder.layers
-    beyond = {k for k in state if (m := _LAYER.match(k)) and m.group(1) in stacks
-              and int(m.group(2)) >= len(stacks[m.group(1)])}
+    beyond = {k: m.group(1) for k in state if (m := _LAYER.match(k)) and m.group(1) in stacks
+              and int(m.group(2)) >= len(stacks[m.group(1)])}  # key -> its stack
     if beyond:
-        kept = " and ".join(f"{len(stacks[name])} {name}" for name in sorted({_LAYER.match(k).group(1) for k in beyond}))
+        kept = " and ".join(f"{len(stacks[name])} {name}" for name in sorted(set(beyond.values())))
         print(f"CADA: {path} is deeper than this model: its first {kept} are loaded, the {len(beyond)} "
               "tensors of the layers past them left out")
     return {k: v for k, v in state.items() if k not in beyond}
